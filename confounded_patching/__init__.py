@@ -1,0 +1,66 @@
+"""confounded_patching: activation patching next to a deconfounded indirect effect.
+
+Public names (a table of contents; see each module for the method):
+
+- nodes: ``MLP``, ``Head``, ``Resid``, ``nodes``
+- activations: ``collect``, ``capture``, ``Activations``
+- classic patching: ``patch``, ``resample``, ``metrics``
+- deconfounded estimator: ``EntropyBalancer``, ``balance_features``, ``aie``, ``mediate``
+- figures and data: ``plot``, ``datasets``, ``models``
+
+Importing the package loads neither plotly, nnsight, transformers nor any model.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .errors import ArchitectureError, ConfoundedPatchingError, InputError, ModelFileNotFound
+from .nodes import MLP, Head, Resid, nodes
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first use to keep `import` light.
+_LAZY = {
+    "collect": "capture",
+    "capture": "capture",
+    "Activations": "capture",
+    "patch": "patching",
+    "resample": "patching",
+    "PatchingResult": "patching",
+    "ResampleResult": "patching",
+    "ablate": "ablation",
+    "EntropyBalancer": "balancing",
+    "balance_features": "balancing",
+    "aie": "mediation",
+    "AIEResult": "mediation",
+    "mediate": "mediation",
+    "MediationResult": "mediation",
+}
+_SUBMODULES = ("metrics", "plot", "datasets", "models", "topics", "cli")
+
+__all__ = [
+    "ConfoundedPatchingError",
+    "InputError",
+    "ArchitectureError",
+    "ModelFileNotFound",
+    "MLP",
+    "Head",
+    "Resid",
+    "nodes",
+    *_LAZY,
+    *_SUBMODULES,
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'confounded_patching' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

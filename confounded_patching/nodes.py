@@ -1,0 +1,192 @@
+"""Nodes of a transformer's computation graph that can be read, patched and scored.
+
+Three kinds, all hashable, ordered and printable:
+
+- ``MLP(layer, pos)``: the MLP block's own contribution to the residual stream.
+- ``Head(layer, head, pos)``: one attention head's slice of the input to the
+  attention output projection (``o_proj`` / ``c_proj`` / ``dense``), the
+  quantity TransformerLens calls ``hook_z``.
+- ``Resid(layer, pos)``: the residual stream entering block ``layer``
+  (TransformerLens ``hook_resid_pre``).
+
+Positions count from the end of each prompt when negative (``-1`` is the last
+real token, whatever the padding), and from its first real token otherwise.
+``pos=None`` means every position of the prompt.
+
+Example::
+
+    >>> nodes(model, kinds=("mlp", "head"), positions=(-1,))[:2]
+    [MLP(0, pos=-1), MLP(1, pos=-1)]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence, Union
+
+from .errors import InputError, describe
+
+__all__ = ["MLP", "Head", "Resid", "Node", "nodes", "node_from_dict", "KINDS"]
+
+KINDS = ("mlp", "head", "resid")
+
+
+def _check_int(name: str, value, *, allow_none: bool = False, minimum: int | None = None) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be an int{' or None' if allow_none else ''}; received {describe(value)}")
+    if minimum is not None and value < minimum:
+        raise InputError(f"{name} must be >= {minimum}; received {value}")
+
+
+@dataclass(frozen=True, order=True)
+class _NodeBase:
+    def __post_init__(self) -> None:
+        _check_int("layer", self.layer, minimum=0)
+        _check_int("pos", self.pos, allow_none=True)
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__.lower()
+
+    def to_dict(self) -> dict:
+        data = {"kind": self.kind}
+        data.update({f: getattr(self, f) for f in self.__dataclass_fields__})
+        return data
+
+    @property
+    def label(self) -> str:
+        """Short label such as ``L3H2@-1``, ``MLP3@-1`` or ``R3@-2``."""
+        where = "" if self.pos is None else f"@{self.pos}"
+        return f"{self._short()}{where}"
+
+
+@dataclass(frozen=True, order=True)
+class MLP(_NodeBase):
+    """Output of the MLP block of ``layer`` (its contribution to the residual stream)."""
+
+    layer: int
+    pos: int | None = -1
+
+    def _short(self) -> str:
+        return f"MLP{self.layer}"
+
+    def __repr__(self) -> str:
+        return f"MLP({self.layer}, pos={self.pos})"
+
+
+@dataclass(frozen=True, order=True)
+class Head(_NodeBase):
+    """Attention head ``head`` of ``layer``: its slice of the attention output projection's input."""
+
+    layer: int
+    head: int = 0
+    pos: int | None = -1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_int("head", self.head, minimum=0)
+
+    def _short(self) -> str:
+        return f"L{self.layer}H{self.head}"
+
+    def __repr__(self) -> str:
+        return f"Head({self.layer}, {self.head}, pos={self.pos})"
+
+
+@dataclass(frozen=True, order=True)
+class Resid(_NodeBase):
+    """Residual stream entering block ``layer`` (``resid_pre``)."""
+
+    layer: int
+    pos: int | None = -1
+
+    def _short(self) -> str:
+        return f"R{self.layer}"
+
+    def __repr__(self) -> str:
+        return f"Resid({self.layer}, pos={self.pos})"
+
+
+Node = Union[MLP, Head, Resid]
+_BY_KIND = {"mlp": MLP, "head": Head, "resid": Resid}
+
+
+def node_from_dict(data: dict) -> Node:
+    """Inverse of ``node.to_dict()``."""
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind not in _BY_KIND:
+        raise InputError(f"node kind must be one of {sorted(_BY_KIND)}; received {kind!r}")
+    return _BY_KIND[kind](**data)
+
+
+def sort_key(node: Node) -> tuple:
+    """Forward order of execution: by layer, then resid < head < mlp."""
+    rank = {"resid": 0, "head": 1, "mlp": 2}[node.kind]
+    return (node.layer, rank, getattr(node, "head", 0), -10**9 if node.pos is None else node.pos)
+
+
+def nodes(
+    model=None,
+    kinds: Iterable[str] = KINDS,
+    positions: Sequence[int | None] = (-1,),
+    *,
+    layers: Iterable[int] | None = None,
+    n_layers: int | None = None,
+    n_heads: int | None = None,
+) -> list[Node]:
+    """Every node of the given kinds for a model, in forward order.
+
+    Args:
+        model: any model the library accepts (nnsight, TransformerLens, HF); used
+            only to read the number of layers and heads. May be None when
+            ``n_layers`` (and ``n_heads`` for heads) are given.
+        kinds: any of ``"mlp"``, ``"head"``, ``"resid"``.
+        positions: token positions; negative counts from the last real token.
+            Heads and MLPs get one node per position, like residual nodes.
+        layers: restrict to these layers (default: all).
+
+    Returns:
+        A list of nodes sorted by layer, then resid < head < MLP.
+
+    Example::
+
+        >>> len(nodes(n_layers=30, n_heads=9, kinds=("mlp", "head"), positions=(-1,)))
+        300
+    """
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    kinds = tuple(kinds)
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise InputError(f"kinds must be a non-empty subset of {KINDS}; received {kinds!r}")
+    if isinstance(positions, int) or positions is None:
+        positions = (positions,)
+    positions = tuple(positions)
+    if not positions:
+        raise InputError("positions must name at least one position; received an empty sequence")
+    for p in positions:
+        _check_int("positions[i]", p, allow_none=True)
+    if model is not None:
+        from .models import adapt
+
+        spec = adapt(model).spec
+        n_layers, n_heads = spec.n_layers, spec.n_heads
+    if n_layers is None or ("head" in kinds and n_heads is None):
+        raise InputError("nodes() needs a model, or n_layers (and n_heads for heads)")
+    layer_list = list(range(n_layers)) if layers is None else list(layers)
+    for layer in layer_list:
+        if not (isinstance(layer, int) and 0 <= layer < n_layers):
+            raise InputError(f"layers must be ints in [0, {n_layers}); received {layer!r}")
+    out: list[Node] = []
+    for layer in layer_list:
+        for pos in positions:
+            if "resid" in kinds:
+                out.append(Resid(layer, pos))
+            if "head" in kinds:
+                out.extend(Head(layer, h, pos) for h in range(n_heads))
+            if "mlp" in kinds:
+                out.append(MLP(layer, pos))
+    return sorted(set(out), key=sort_key)

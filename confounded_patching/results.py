@@ -1,0 +1,140 @@
+"""Saving and loading result dataclasses without pickle.
+
+Every result type is a frozen dataclass whose fields are numpy arrays, torch
+tensors, JSON-able values (str, int, float, bool, None, lists and dicts of
+those) or lists of nodes. ``save(path)`` writes one ``.npz`` file: arrays as
+npz members, everything else as one JSON document in the member ``__meta__``.
+``load(path)`` reads it back with ``allow_pickle=False``, so loading a file
+never executes code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .errors import InputError
+from .nodes import _BY_KIND, node_from_dict
+
+__all__ = ["Result", "atomic_write"]
+
+_FORMAT = "confounded_patching.result/1"
+
+
+def _is_node(x) -> bool:
+    return type(x) in _BY_KIND.values()
+
+
+def _encode(value: Any, name: str, arrays: dict) -> Any:
+    try:
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            arrays[name] = value.detach().cpu().numpy()
+            return {"__array__": name, "torch": True}
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+    if isinstance(value, np.ndarray):
+        if value.dtype == object:
+            raise InputError(f"field {name!r} holds an object array, which cannot be saved without pickle")
+        arrays[name] = value
+        return {"__array__": name}
+    if _is_node(value):
+        return {"__node__": value.to_dict()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, f"{name}.{i}", arrays) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise InputError(f"field {name!r}: only dicts with str keys can be saved")
+        return {"__dict__": {k: _encode(v, f"{name}.{k}", arrays) for k, v in value.items()}}
+    if isinstance(value, (np.floating, np.integer, np.bool_)):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise InputError(f"field {name!r} of type {type(value).__name__} cannot be saved")
+
+
+def _decode(value: Any, arrays) -> Any:
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if isinstance(value, dict):
+        if "__array__" in value:
+            arr = arrays[value["__array__"]]
+            if value.get("torch"):
+                import torch
+
+                return torch.from_numpy(np.ascontiguousarray(arr))
+            return arr
+        if "__node__" in value:
+            return node_from_dict(value["__node__"])
+        if "__dict__" in value:
+            return {k: _decode(v, arrays) for k, v in value["__dict__"].items()}
+    return value
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)`` then rename onto ``path``: no half-written files."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+class Result:
+    """Mixin for frozen dataclass results: ``save``/``load`` as npz + JSON."""
+
+    kind: ClassVar[str] = "result"
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the result to ``path`` (``.npz`` is appended if missing). Returns the path."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        arrays: dict[str, np.ndarray] = {}
+        meta = {
+            "format": _FORMAT,
+            "type": type(self).__name__,
+            "fields": {f.name: _encode(getattr(self, f.name), f.name, arrays) for f in dataclasses.fields(self)},
+        }
+        payload = {f"a{i}": arr for i, arr in enumerate(arrays.values())}
+        names = dict(zip(arrays, payload))
+        meta["members"] = names
+        payload["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+
+        def write(tmp):
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **payload)
+
+        return atomic_write(path, write)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike):
+        """Read a result written by ``save``; never unpickles."""
+        path = Path(path)
+        if not path.exists() and path.with_name(path.name + ".npz").exists():
+            path = path.with_name(path.name + ".npz")
+        with np.load(path, allow_pickle=False) as data:
+            if "__meta__" not in data:
+                raise InputError(f"{path} is not a saved result (no __meta__ member)")
+            meta = json.loads(bytes(data["__meta__"]).decode())
+            if meta.get("format") != _FORMAT:
+                raise InputError(f"{path}: unknown format {meta.get('format')!r}; expected {_FORMAT!r}")
+            if meta["type"] != cls.__name__:
+                raise InputError(f"{path} holds a {meta['type']}, not a {cls.__name__}")
+            arrays = {name: data[member] for name, member in meta["members"].items()}
+        fields = {k: _decode(v, arrays) for k, v in meta["fields"].items()}
+        fields = {f.name: fields[f.name] for f in dataclasses.fields(cls) if f.name in fields}
+        return cls(**fields)
