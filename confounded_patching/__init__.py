@@ -22,9 +22,9 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first use to keep `import` light.
 _LAZY = {
-    "collect": "capture",
-    "capture": "capture",
-    "Activations": "capture",
+    "collect": "activations",
+    "capture": "activations",
+    "Activations": "activations",
     "patch": "patching",
     "resample": "patching",
     "PatchingResult": "patching",

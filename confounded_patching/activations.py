@@ -1,0 +1,306 @@
+"""Activations of many nodes, captured in one forward pass per batch.
+
+``collect(model, prompts, nodes)`` runs the prompts in padded batches and
+returns an :class:`Activations` result: ``acts[node]`` is a float32 tensor
+``[n_prompts, d]`` (``d = head_dim`` for heads, ``d_model`` otherwise) read
+at the node's position of each prompt. Every node of a batch is read in the
+same forward pass, so the cost is one forward per batch whatever the number
+of nodes. With ``store=DIR`` the batches are written to disk as safetensors
+shards as they are computed, a run that was interrupted resumes where it
+stopped, and peak memory is bounded by one batch.
+
+``capture(model, nodes)`` does the same inside a user's own nnsight trace::
+
+    with model.trace(batch):
+        store = capture(model, nodes)
+        ...                               # the user's own interventions
+    store[Head(3, 1)]                     # tensor [batch, head_dim]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError, describe
+from .models import adapt
+from .models.sites import Plan, Read
+from .models.tokens import TokenBatch, columns
+from .nodes import Node, sort_key
+from .results import Result
+
+__all__ = ["Activations", "collect", "capture", "read_plan", "split_reads", "check_nodes"]
+
+
+def check_nodes(adapter, nodes, *, argument: str = "nodes", allow_all_positions: bool = False) -> list[Node]:
+    """Validate a node list against a model; returns it as a list."""
+    from .nodes import _BY_KIND
+
+    if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Iterable):
+        raise InputError(f"{argument} must be a list of nodes (MLP, Head, Resid); received {describe(nodes)}")
+    nodes = list(nodes)
+    if not nodes:
+        raise InputError(f"{argument} must contain at least one node; received an empty list")
+    for i, node in enumerate(nodes):
+        if type(node) not in _BY_KIND.values():
+            raise InputError(f"{argument}[{i}] must be an MLP, Head or Resid node; received {describe(node)}")
+        adapter.check_node(node, argument=argument)
+        if node.pos is None and not allow_all_positions:
+            raise InputError(f"{argument}[{i}] = {node!r}: pos=None (every position) is not supported here; "
+                             "give an integer position")
+    if len(set(nodes)) != len(nodes):
+        raise InputError(f"{argument} contains duplicate nodes")
+    return nodes
+
+
+def read_plan(batch: TokenBatch, nodes: Sequence[Node], *, offset: int = 0, embed_layer: int | None = None) -> Plan:
+    """A plan that reads every node (grouped per site and position) from ``batch``."""
+    plan = Plan()
+    cols: dict[int, torch.Tensor] = {}
+    for kind, layer, pos in sorted({(n.kind, n.layer, n.pos) for n in nodes}, key=lambda s: (s[1], s[0], s[2])):
+        if pos not in cols:
+            cols[pos] = columns(batch, pos, offset=offset)
+        plan.add_read(kind, layer, Read((kind, layer, pos), cols[pos]))
+    if embed_layer is not None:
+        plan.add_read("resid", embed_layer, Read(("embed", embed_layer), None, batch.attention_mask))
+    return plan
+
+
+def split_reads(out: dict, nodes: Sequence[Node]) -> dict[Node, torch.Tensor]:
+    """Per-node float32 CPU tensors ``[batch, d]`` from a plan's reads."""
+    acts = {}
+    for node in nodes:
+        value = out[(node.kind, node.layer, node.pos)]
+        if node.kind == "head":
+            value = value[:, node.head]
+        acts[node] = value.detach().to("cpu", torch.float32)
+    return acts
+
+
+@dataclass(frozen=True)
+class Activations(Result):
+    """Activations of many nodes over many prompts.
+
+    Attributes:
+        nodes: the nodes, in the order given.
+        values: one float32 tensor ``[n_prompts, d]`` per node, same order.
+        prompts: the prompts as given (strings), or None for token-id input.
+        lengths: number of tokens of each prompt, ``[n_prompts]``.
+        outcome: the metric evaluated on each prompt's last-position logits
+            ``[n_prompts]``, when ``collect`` was given a metric.
+        embedding: mean of the residual stream over each prompt's tokens at
+            ``embed_layer`` ``[n_prompts, d_model]``, when requested.
+        meta: model sizes and collection settings.
+    """
+
+    nodes: list
+    values: list
+    prompts: list | None = None
+    lengths: torch.Tensor | None = None
+    outcome: torch.Tensor | None = None
+    embedding: torch.Tensor | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_index", {n: i for i, n in enumerate(self.nodes)})
+
+    def __getitem__(self, node: Node) -> torch.Tensor:
+        try:
+            return self.values[self._index[node]]
+        except KeyError:
+            raise KeyError(f"{node!r} was not collected; collected nodes include {self.nodes[:3]!r}...") from None
+
+    def __contains__(self, node) -> bool:
+        return node in self._index
+
+    def __len__(self) -> int:
+        return int(self.values[0].shape[0]) if self.values else 0
+
+    def __iter__(self):
+        return iter(self.nodes)
+
+    def items(self):
+        return zip(self.nodes, self.values)
+
+    def stack(self, nodes: Sequence[Node] | None = None) -> torch.Tensor:
+        """``[n_nodes, n_prompts, d]`` for nodes of equal dimension."""
+        nodes = self.nodes if nodes is None else nodes
+        return torch.stack([self[n] for n in nodes])
+
+    def to_dataframe(self):
+        """Long form: one row per (prompt, node) with the activation's norm."""
+        import pandas as pd
+
+        rows = []
+        for node, value in self.items():
+            norms = value.norm(dim=-1).tolist()
+            for i, norm in enumerate(norms):
+                rows.append({"prompt": i, "node": node.label, "kind": node.kind, "layer": node.layer,
+                             "head": getattr(node, "head", None), "pos": node.pos, "dim": value.shape[-1],
+                             "norm": norm})
+        return pd.DataFrame(rows)
+
+
+def _batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
+    """Prompt indices grouped into batches of similar length (less padding)."""
+    order = np.argsort(np.asarray(lengths), kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collect(
+    model,
+    prompts,
+    nodes: Sequence[Node],
+    *,
+    batch_size: int = 32,
+    tokenizer=None,
+    metric=None,
+    embed_layer: int | None = None,
+    padding_side: str = "left",
+    store=None,
+    progress: bool = True,
+    remote=None,
+):
+    """Activations of ``nodes`` on ``prompts``, one forward pass per batch.
+
+    Args:
+        model: nnsight model, TransformerLens model or HF model (with ``tokenizer``).
+        prompts: list of strings, LongTensor ``[n, seq]`` or list of id lists.
+        nodes: nodes with integer positions (negative: from the last real token).
+        batch_size: prompts per forward pass (bounds memory).
+        metric: optional metric on last-position logits; its value per prompt
+            is stored as ``outcome``.
+        embed_layer: optional layer whose residual stream, averaged over each
+            prompt's tokens, is stored as ``embedding`` (a query embedding).
+        padding_side: ``"left"`` (default) or ``"right"``.
+        store: a directory; batches are written there as they finish and an
+            interrupted run resumes. Returns an :class:`~.store.ActivationStore`.
+        progress: show a progress bar.
+        remote: passed to nnsight's ``trace`` (e.g. ``remote=True`` for NDIF).
+
+    Returns:
+        :class:`Activations` (or an :class:`~.store.ActivationStore` with ``store=``).
+
+    Example::
+
+        >>> acts = collect(model, ["The nurse said that", "The pilot said that"], [MLP(3), Head(5, 1)])
+        >>> acts[Head(5, 1)].shape
+        torch.Size([2, 64])
+    """
+    from .metrics import as_metric, evaluate
+    from .progress import progress_bar
+
+    adapter = adapt(model, tokenizer)
+    nodes = check_nodes(adapter, nodes)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive int; received {describe(batch_size)}")
+    if embed_layer is not None and not (isinstance(embed_layer, int) and 0 <= embed_layer < adapter.spec.n_layers):
+        raise InputError(f"embed_layer must be an int in [0, {adapter.spec.n_layers}); received {embed_layer!r}")
+    from .models.tokens import as_id_lists, pad, _pad_id
+
+    id_lists = as_id_lists(prompts, adapter.tokenizer)
+    for pos in {n.pos for n in nodes}:  # fail before any forward pass
+        columns(pad([[0] * len(ids) for ids in id_lists], 0, padding_side), pos)
+    metric = None if metric is None else as_metric(metric, adapter.tokenizer)
+    if metric is not None and metric.needs_clean:
+        raise InputError(f"metric {metric.name!r} compares with a clean run, which collect does not have")
+    text = [p for p in prompts] if not isinstance(prompts, torch.Tensor) and all(isinstance(p, str) for p in prompts) else None
+    groups = _batches([len(ids) for ids in id_lists], batch_size)
+    pad_id = _pad_id(adapter.tokenizer)
+    meta = {"backend": adapter.name, "family": adapter.spec.family, "n_layers": adapter.spec.n_layers,
+            "n_heads": adapter.spec.n_heads, "head_dim": adapter.spec.head_dim, "d_model": adapter.spec.d_model,
+            "batch_size": batch_size, "padding_side": padding_side, "embed_layer": embed_layer,
+            "metric": None if metric is None else metric.name}
+
+    def run_batch(index):
+        batch = pad([id_lists[i] for i in index], pad_id, padding_side)
+        plan = read_plan(batch, nodes, embed_layer=embed_layer)
+        out, logits = adapter.run(batch, plan, logits=metric is not None, remote=remote)
+        result = split_reads(out, nodes)
+        extra = {"lengths": batch.lengths.cpu()}
+        if metric is not None:
+            extra["outcome"] = evaluate(metric, logits.float()).detach().cpu()
+        if embed_layer is not None:
+            extra["embedding"] = out[("embed", embed_layer)].detach().to("cpu", torch.float32)
+        return result, extra
+
+    if store is not None:
+        from .store import ActivationStore
+
+        return ActivationStore.build(store, nodes, id_lists, groups, run_batch, meta=meta, prompts=text,
+                                     progress=progress)
+
+    parts, extras, order = [], [], []
+    for index in progress_bar(groups, progress, desc="collect", unit="batch"):
+        result, extra = run_batch(index)
+        parts.append(result)
+        extras.append(extra)
+        order.append(index)
+    inverse = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
+    values = [torch.cat([p[n] for p in parts])[inverse] for n in nodes]
+
+    def cat(name):
+        return torch.cat([e[name] for e in extras])[inverse] if name in extras[0] else None
+
+    return Activations(nodes=nodes, values=values, prompts=text, lengths=cat("lengths"), outcome=cat("outcome"),
+                       embedding=cat("embedding"), meta=meta)
+
+
+class Captured:
+    """Values captured inside a trace; index with a node after the trace has run."""
+
+    def __init__(self, raw: dict, nodes: Sequence[Node]):
+        self._raw = raw
+        self.nodes = list(nodes)
+
+    def __getitem__(self, node: Node) -> torch.Tensor:
+        if node not in self.nodes:
+            raise KeyError(f"{node!r} was not captured")
+        value = self._raw[(node.kind, node.layer, node.pos)]
+        return value[:, node.head] if node.kind == "head" else value
+
+    def to_activations(self) -> Activations:
+        return Activations(nodes=self.nodes, values=[self[n].to("cpu", torch.float32) for n in self.nodes])
+
+
+def capture(model, nodes: Sequence[Node], attention_mask: torch.Tensor | None = None) -> Captured:
+    """Capture ``nodes`` inside the caller's open nnsight trace.
+
+    Call it inside ``with model.trace(...):`` before any intervention on a
+    later module (nnsight requires forward order). Positions are aligned with
+    ``attention_mask`` (the batch's mask; read from the trace's inputs when
+    omitted, else every token is taken as real).
+
+    Returns:
+        A :class:`Captured` object, already saved: after the trace,
+        ``store[node]`` is a tensor ``[batch, d]``.
+    """
+    import nnsight
+
+    from .models.adapters import NNsightAdapter
+
+    adapter = adapt(model)
+    if not isinstance(adapter, NNsightAdapter):
+        raise InputError(f"capture() works inside an nnsight trace; received a {adapter.name} model. "
+                         "Use collect() for other backends.")
+    nodes = check_nodes(adapter, nodes)
+    if attention_mask is None:
+        attention_mask = _trace_mask(model)
+    batch = TokenBatch(torch.zeros_like(attention_mask), attention_mask.long(),
+                       "right" if bool(attention_mask[:, -1].eq(0).any()) else "left")
+    raw = adapter.capture_in_trace(read_plan(batch, nodes).to(adapter.device))
+    return nnsight.save(Captured(raw, nodes))
+
+
+def _trace_mask(model) -> torch.Tensor:
+    args, kwargs = model.inputs
+    mask = kwargs.get("attention_mask")
+    if mask is None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            raise InputError("capture() could not find the trace's input ids; pass attention_mask=...")
+        mask = torch.ones_like(ids)
+    return mask

@@ -1,0 +1,606 @@
+"""Entropy balancing (EB), exact and approximate, batched in torch.
+
+Entropy balancing (Hainmueller 2012) finds the weights ``w`` on the simplex
+closest to uniform in entropy such that the weighted column means of a
+feature matrix ``G`` vanish. The approximate version (Wang & Zubizarreta
+2020) lets column ``k`` be off by at most ``gamma[k]``::
+
+    min_w  sum_i w_i log w_i   s.t.  w in simplex,  |(G^T w)_k| <= gamma_k.
+
+Its dual is unconstrained::
+
+    F(lam) = log sum_i exp(-lam^T g_i) + sum_k gamma_k |lam_k|,
+    w(lam) = softmax(-G lam).
+
+This module minimises ``F`` for a batch of problems at once:
+
+- ``gamma == 0`` everywhere: damped Newton on the smooth dual (Hessian
+  ``Cov_w(g)``), to a gradient of ``tol``.
+- any ``gamma > 0``: FISTA with backtracking, the step relaxed each
+  iteration, soft thresholding and O'Donoghue-Candes gradient restart (the
+  solver of R's WeightIt for L1-regularised EB).
+
+Every solution is certified: ``imbalance_`` (sup-norm of ``G^T w``), the
+duality gap ``gap_ = sum_k gamma_k |lam_k| - lam_k (G^T w)_k`` and the KKT
+residual. Below ``gamma_min = min over the simplex of ||G^T w||_inf`` the
+primal is infeasible and the dual diverges; the free certificate
+``min_i g_i^T lam > sum_k gamma_k |lam_k|`` (weak duality) detects it and
+the problem gets status ``"infeasible"`` instead of meaningless weights.
+For ``gamma_k >= |mean_i G_ik|`` for all k the answer is ``lam = 0``
+(uniform weights).
+
+The feature map of the deconfounded estimator (Fotouhi et al., arXiv
+2412.02893, with the treatment's squares added, see ``docs/estimator.md``)
+is ``g(q, z) = [q, q^2 - mean(q^2), z, vec(q outer z)]`` with ``q`` and ``z``
+centred and scaled *before* the products are formed; the products are not
+re-centred (that would target the observed covariance and keep the
+confounding). ``fit_factored(q, z)`` solves it without materialising ``G``:
+``lam^T g = lq^T q + ls^T (q^2 - c) + lz^T z + q^T Lam z``, so one pass costs
+``O(m d_q d_z)`` per problem, and ``q`` may be shared by every problem of
+the batch (one node per problem).
+
+Example::
+
+    >>> G = balance_features(q, z)                  # [m, p] numpy
+    >>> eb = EntropyBalancer(gamma=0.0).fit(G)
+    >>> eb.weights_.sum(), eb.status_, eb.imbalance_
+    (1.0, 'converged', 3e-09)
+    >>> eb = EntropyBalancer(gamma=block_gamma(25, 27, product=0.05)).fit_factored(q, zs)  # zs [B, m, 27]
+    >>> eb.weights_.shape, eb.status_[:2]
+    ((B, m), ['converged', 'converged'])
+
+References: Hainmueller (2012) Political Analysis 20:25-46; Wang &
+Zubizarreta (2020) Biometrika 107:93-105; Beck & Teboulle (2009) FISTA;
+O'Donoghue & Candes (2015) adaptive restart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import InputError, describe
+
+__all__ = [
+    "EntropyBalancer",
+    "balance_features",
+    "block_gamma",
+    "feature_layout",
+    "gamma_max",
+]
+
+STATUSES = ("converged", "max_iter", "infeasible")
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _as_tensor(name: str, x, *, dtype, device, ndims: tuple[int, ...]) -> torch.Tensor:
+    """Float tensor copy-or-view of ``x`` (never written to); checks dims and finiteness."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        try:
+            arr = np.asarray(x)
+        except Exception as exc:  # pragma: no cover - exotic inputs
+            raise InputError(f"{name} must be a numeric array; received {describe(x)}") from exc
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise InputError(f"{name} must be a numeric array; received {describe(arr)}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.ndim not in ndims:
+        want = " or ".join(f"{d}-d" for d in ndims)
+        raise InputError(f"{name} must be {want}; received {describe(x)}")
+    t = t.to(device=device, dtype=dtype)
+    if not torch.isfinite(t).all():
+        raise InputError(f"{name} must be finite; received {describe(x)} with NaN or inf entries")
+    return t
+
+
+def feature_layout(d_q: int, d_z: int, *, squares: bool = True) -> dict[str, slice]:
+    """Column slices of ``g(q, z)``: ``q``, ``q2`` (if squares), ``z``, ``qz`` (row-major ``q`` outer ``z``)."""
+    out, start = {}, 0
+    for name, width in (("q", d_q), ("q2", d_q if squares else 0), ("z", d_z), ("qz", d_q * d_z)):
+        if width:
+            out[name] = slice(start, start + width)
+        start += width
+    return out
+
+
+def block_gamma(d_q: int, d_z: int, *, product: float, marginal: float = 0.0, squares: bool = True) -> np.ndarray:
+    """Per-column tolerances for ``g(q, z)``: ``marginal`` on q, q^2, z and ``product`` on ``q outer z``.
+
+    >>> block_gamma(2, 3, product=0.05).shape
+    (13,)
+    """
+    lay = feature_layout(d_q, d_z, squares=squares)
+    p = max(s.stop for s in lay.values())
+    g = np.full(p, float(marginal))
+    g[lay["qz"]] = float(product)
+    return g
+
+
+def _standardize_columns(name: str, x: torch.Tensor) -> torch.Tensor:
+    mean = x.mean(0, keepdim=True)
+    sd = x.std(0, unbiased=False, keepdim=True)
+    const = sd.squeeze(0) <= 1e-12 * (1.0 + mean.abs().squeeze(0))
+    if bool(const.any()):
+        cols = torch.nonzero(const).flatten().tolist()[:10]
+        raise InputError(f"{name} must have non-constant columns; received constant column(s) {cols}")
+    return (x - mean) / sd
+
+
+def balance_features(q, z, *, squares: bool = True, standardize: bool = True):
+    """Feature matrix ``G = [q, q^2 - mean(q^2), z, vec(q outer z)]`` for entropy balancing.
+
+    Args:
+        q: treatment, ``[m, d_q]`` (or ``[m]``).
+        z: covariates, ``[m, d_z]`` (or ``[m]``).
+        squares: include the centred squares of ``q`` (``False`` gives the
+            paper's ``[q, z, q outer z]``).
+        standardize: centre and scale ``q`` and ``z`` first (to mean 0,
+            standard deviation 1). The product columns are never re-centred.
+
+    Returns:
+        ``[m, p]`` array of the input's kind (numpy in, numpy out), with
+        ``p = 2 d_q + d_z + d_q d_z`` (``d_q`` fewer without squares).
+        Column order is ``feature_layout(d_q, d_z, squares=squares)``.
+    """
+    is_numpy = not isinstance(q, torch.Tensor)
+    qt = _as_tensor("q", q, dtype=torch.float64, device=None, ndims=(1, 2))
+    zt = _as_tensor("z", z, dtype=torch.float64, device=None, ndims=(1, 2))
+    qt = qt[:, None] if qt.ndim == 1 else qt
+    zt = zt[:, None] if zt.ndim == 1 else zt
+    if qt.shape[0] != zt.shape[0]:
+        raise InputError(f"q and z must have the same number of rows; received {qt.shape[0]} and {zt.shape[0]}")
+    if standardize:
+        qt, zt = _standardize_columns("q", qt), _standardize_columns("z", zt)
+    cols = [qt]
+    if squares:
+        sq = qt * qt
+        cols.append(sq - sq.mean(0, keepdim=True))
+    cols += [zt, (qt[:, :, None] * zt[:, None, :]).reshape(qt.shape[0], -1)]
+    G = torch.cat(cols, dim=1)
+    return G.numpy() if is_numpy else G.to(q.dtype if q.dtype.is_floating_point else torch.float64)
+
+
+def gamma_max(G) -> np.ndarray:
+    """Imbalance of uniform weights, ``||mean_i G_i||_inf`` per problem: for gamma >= it, lam = 0."""
+    Gt = _as_tensor("G", G, dtype=torch.float64, device=None, ndims=(2, 3))
+    return Gt.mean(-2).abs().amax(-1).numpy()
+
+
+# ----------------------------------------------------------------------------- feature operators
+
+
+class _Dense:
+    """``G`` given as a tensor ``[B, m, p]``."""
+
+    def __init__(self, G: torch.Tensor):
+        self.G = G
+        self.B, self.m, self.p = G.shape
+
+    def scores(self, lam):  # -G lam, [B, m]
+        return -torch.bmm(self.G, lam.unsqueeze(-1)).squeeze(-1)
+
+    def moments(self, w):  # G^T w, [B, p]
+        return torch.bmm(w.unsqueeze(1), self.G).squeeze(1)
+
+    def dense(self, idx=None):
+        return self.G if idx is None else self.G[idx]
+
+    def subset(self, idx):
+        return _Dense(self.G[idx])
+
+
+class _Factored:
+    """``g(q, z) = [q, q^2 - c, z, q outer z]`` without materialising it.
+
+    ``q`` is ``[m, d_q]`` shared by all problems or ``[B, m, d_q]``; ``z`` is
+    ``[B, m, d_z]``. With a shared ``q`` the products are single GEMMs over
+    ``[m, B * d_z]``.
+    """
+
+    def __init__(self, q: torch.Tensor, z: torch.Tensor, squares: bool):
+        self.shared = q.ndim == 2
+        self.q = q
+        self.sq = None
+        if squares:
+            s = q * q
+            self.sq = s - s.mean(-2, keepdim=True)
+        self.z = z
+        self.B, self.m, self.dz = z.shape
+        self.dq = q.shape[-1]
+        self.squares = squares
+        self.lay = feature_layout(self.dq, self.dz, squares=squares)
+        self.p = self.lay["qz"].stop
+        # [m, B*dz] layout for the shared-q GEMMs
+        self.zt = z.permute(1, 0, 2).reshape(self.m, self.B * self.dz) if self.shared else None
+
+    def _split(self, lam):
+        L = self.lay
+        Lam = lam[:, L["qz"]].reshape(self.B, self.dq, self.dz)
+        ls = lam[:, L["q2"]] if self.squares else None
+        return lam[:, L["q"]], ls, lam[:, L["z"]], Lam
+
+    def scores(self, lam):
+        lq, ls, lz, Lam = self._split(lam)
+        B, m, dq, dz = self.B, self.m, self.dq, self.dz
+        if self.shared:
+            qL = self.q @ Lam.permute(1, 0, 2).reshape(dq, B * dz)  # [m, B*dz]
+            cross = (qL * self.zt).view(m, B, dz).sum(-1).T  # [B, m]
+            lin = (self.q @ lq.T).T
+            if ls is not None:
+                lin = lin + (self.sq @ ls.T).T
+        else:
+            cross = (torch.bmm(self.q, Lam) * self.z).sum(-1)
+            lin = torch.bmm(self.q, lq.unsqueeze(-1)).squeeze(-1)
+            if ls is not None:
+                lin = lin + torch.bmm(self.sq, ls.unsqueeze(-1)).squeeze(-1)
+        lin = lin + torch.bmm(self.z, lz.unsqueeze(-1)).squeeze(-1)
+        return -(lin + cross)
+
+    def moments(self, w):
+        B, m, dq, dz = self.B, self.m, self.dq, self.dz
+        parts = []
+        if self.shared:
+            parts.append(w @ self.q)
+            if self.squares:
+                parts.append(w @ self.sq)
+            parts.append(torch.bmm(w.unsqueeze(1), self.z).squeeze(1))
+            wz = self.zt * w.T.repeat_interleave(dz, dim=1)  # [m, B*dz]
+            qz = (self.q.T @ wz).view(dq, B, dz).permute(1, 0, 2)
+        else:
+            wb = w.unsqueeze(1)
+            parts.append(torch.bmm(wb, self.q).squeeze(1))
+            if self.squares:
+                parts.append(torch.bmm(wb, self.sq).squeeze(1))
+            parts.append(torch.bmm(wb, self.z).squeeze(1))
+            qz = torch.bmm(self.q.transpose(1, 2), self.z * w.unsqueeze(-1))
+        parts.append(qz.reshape(B, dq * dz))
+        return torch.cat(parts, dim=1)
+
+    def dense(self, idx=None):
+        z = self.z if idx is None else self.z[idx]
+        B = z.shape[0]
+        q = self.q.expand(B, -1, -1) if self.shared else (self.q if idx is None else self.q[idx])
+        cols = [q]
+        if self.squares:
+            sq = self.sq.expand(B, -1, -1) if self.shared else (self.sq if idx is None else self.sq[idx])
+            cols.append(sq)
+        cols += [z, (q.unsqueeze(-1) * z.unsqueeze(-2)).reshape(B, self.m, -1)]
+        return torch.cat(cols, dim=-1)
+
+    def subset(self, idx):
+        out = _Factored.__new__(_Factored)
+        out.__dict__.update(self.__dict__)
+        out.z = self.z[idx]
+        out.B = out.z.shape[0]
+        if self.shared:
+            out.zt = out.z.permute(1, 0, 2).reshape(self.m, out.B * self.dz)
+        else:
+            out.q, out.sq = self.q[idx], (self.sq[idx] if self.squares else None)
+        return out
+
+
+# ----------------------------------------------------------------------------- solvers
+
+
+@dataclass
+class _Solution:
+    lam: torch.Tensor
+    status: list
+    n_iter: torch.Tensor
+
+
+def _lse(s):
+    return torch.logsumexp(s, dim=-1)
+
+
+def _kkt_residual(grad, lam, gamma):
+    """Sup-norm of the minimal subgradient of F: zero exactly at the optimum."""
+    on = lam != 0
+    r_on = (grad + gamma * torch.sign(lam)).abs()
+    r_off = (grad.abs() - gamma).clamp_min(0)
+    return torch.where(on, r_on, r_off).amax(-1)
+
+
+def _certificate(op, lam, gamma):
+    """True where min_i g_i^T lam > sum_k gamma_k |lam_k| (with a rounding margin): primal infeasible."""
+    s = op.scores(lam)  # -G lam
+    lhs = -s.amax(-1)
+    rhs = (gamma * lam.abs()).sum(-1)
+    scale = lam.abs().sum(-1) * 1e-9 + 1e-12
+    return (lhs - rhs > scale) & (lam.abs().sum(-1) > 0)
+
+
+def _soft(x, t):
+    return torch.sign(x) * (x.abs() - t).clamp_min(0)
+
+
+def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
+    """Batched FISTA with backtracking, step relaxation and gradient restart."""
+    B = lam.shape[0]
+    dev, dt = lam.device, lam.dtype
+    status = ["max_iter"] * B
+    n_iter = torch.zeros(B, dtype=torch.long)
+    active = torch.arange(B, device=dev)
+    out = lam.clone()
+    cur_op, g_act = op, gamma
+    x = lam.clone()
+    y = x.clone()
+    t = torch.ones(B, dtype=dt, device=dev)
+    L = torch.ones(B, dtype=dt, device=dev)
+
+    def value(o, v):
+        return _lse(o.scores(v))
+
+    def value_grad(o, v):
+        s = o.scores(v)
+        f = _lse(s)
+        w = torch.softmax(s, dim=-1)
+        return f, -o.moments(w)
+
+    f_y, g_y = value_grad(cur_op, y)
+    for it in range(1, max_iter + 1):
+        # backtracking on the active problems whose quadratic model fails
+        x_new = _soft(y - g_y / L[:, None], g_act / L[:, None])
+        f_new = value(cur_op, x_new)
+        for _ in range(60):
+            d = x_new - y
+            bound = f_y + (g_y * d).sum(-1) + 0.5 * L * (d * d).sum(-1)
+            bad = f_new > bound + 1e-12 * f_y.abs().clamp_min(1.0)
+            if not bool(bad.any()):
+                break
+            idx = torch.nonzero(bad).flatten()
+            L[idx] = L[idx] * 2.0
+            x_new[idx] = _soft(y[idx] - g_y[idx] / L[idx, None], g_act[idx] / L[idx, None])
+            f_new[idx] = value(cur_op.subset(idx), x_new[idx])
+        # gradient restart (O'Donoghue & Candes): momentum against the step
+        restart = ((y - x_new) * (x_new - x)).sum(-1) > 0
+        t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
+        beta = torch.where(restart, torch.zeros_like(t), (t - 1) / t_new)
+        t = torch.where(restart, torch.ones_like(t), t_new)
+        y = x_new + beta[:, None] * (x_new - x)
+        x = x_new
+        L = L * 0.9
+        f_y, g_y = value_grad(cur_op, y)
+
+        if it % check_every and it != max_iter:
+            continue
+        _, g_x = value_grad(cur_op, x)
+        done = _kkt_residual(g_x, x, g_act) <= tol
+        infeasible = _certificate(cur_op, x, g_act) & ~done
+        stop = done | infeasible
+        n_iter[active.cpu()] = it
+        if not bool(stop.any()):
+            continue
+        for k in torch.nonzero(stop).flatten().tolist():
+            status[int(active[k])] = "converged" if bool(done[k]) else "infeasible"
+        out[active[stop]] = x[stop]
+        keep = torch.nonzero(~stop).flatten()
+        active = active[keep]
+        if active.numel() == 0:
+            break
+        cur_op = cur_op.subset(keep)
+        g_act, x, y, t, L = g_act[keep], x[keep], y[keep], t[keep], L[keep]
+        f_y, g_y = f_y[keep], g_y[keep]
+    if active.numel():
+        out[active] = x
+    return _Solution(out, status, n_iter)
+
+
+def _newton(op, lam, *, max_iter, tol, ridge=1e-10):
+    """Batched damped Newton for gamma = 0 (exact balance), gradient sup-norm <= tol."""
+    B = lam.shape[0]
+    status = ["max_iter"] * B
+    n_iter = torch.zeros(B, dtype=torch.long)
+    lam = lam.clone()
+    G = op.dense()
+    active = torch.arange(B, device=lam.device)
+    zero = torch.zeros_like(lam)
+    for it in range(max_iter + 1):
+        Ga, la = G[active], lam[active]
+        s = -torch.bmm(Ga, la.unsqueeze(-1)).squeeze(-1)
+        f = _lse(s)
+        w = torch.softmax(s, dim=-1)
+        mean = torch.bmm(w.unsqueeze(1), Ga).squeeze(1)  # G^T w, = -grad
+        done = mean.abs().amax(-1) <= tol
+        infeasible = _certificate(_Dense(Ga), la, zero[active]) & ~done
+        stop = done | infeasible
+        n_iter[active.cpu()] = it
+        for k in torch.nonzero(stop).flatten().tolist():
+            status[int(active[k])] = "converged" if bool(done[k]) else "infeasible"
+        keep = ~stop
+        if not bool(keep.any()) or it == max_iter:
+            break
+        Ga, la, s, f, w, mean = Ga[keep], la[keep], s[keep], f[keep], w[keep], mean[keep]
+        active = active[keep]
+        H = torch.bmm(Ga.transpose(1, 2) * w.unsqueeze(1), Ga) - mean.unsqueeze(-1) * mean.unsqueeze(-2)
+        scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
+        eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+        step = torch.linalg.solve(H + (ridge * scale)[:, None, None] * eye, mean)  # grad = -mean; d = H^-1 mean
+        # trust region in score space: no score moves by more than 20 nats per step
+        ds = torch.bmm(Ga, step.unsqueeze(-1)).squeeze(-1).abs().amax(-1)
+        step = step * (20.0 / ds.clamp_min(20.0))[:, None]
+        slope = -(mean * step).sum(-1)
+        alpha = torch.ones_like(f)
+        for _ in range(60):
+            cand = la + alpha[:, None] * step
+            f_c = _lse(-torch.bmm(Ga, cand.unsqueeze(-1)).squeeze(-1))
+            bad = f_c > f + 1e-4 * alpha * slope + 1e-13 * f.abs().clamp_min(1.0)
+            if not bool(bad.any()):
+                break
+            alpha = torch.where(bad, alpha / 2, alpha)
+        lam[active] = la + alpha[:, None] * step
+    return _Solution(lam, status, n_iter)
+
+
+# ----------------------------------------------------------------------------- estimator
+
+
+class EntropyBalancer:
+    """Entropy-balancing weights whose weighted feature means vanish (within ``gamma``).
+
+    scikit-learn style: ``__init__`` stores parameters, ``fit`` validates,
+    solves and sets the fitted attributes, and returns ``self``.
+
+    Args:
+        gamma: tolerance on ``|(G^T w)_k|``: a scalar for every column, a
+            vector ``[p]`` per column, or ``[B, p]`` per problem and column.
+            ``0`` is exact balance (Hainmueller 2012); ``> 0`` is approximate
+            balance (Wang & Zubizarreta 2020).
+        max_iter: iteration cap (Newton steps for gamma = 0, FISTA iterations
+            otherwise).
+        tol: stop when the KKT residual (the gradient's sup-norm for gamma =
+            0) is at most ``tol``.
+        device, dtype: where and in which precision to solve (float64 by
+            default).
+        solver: ``"auto"`` (Newton where every gamma is 0, FISTA otherwise),
+            ``"newton"`` or ``"fista"``.
+
+    Attributes (after ``fit``; per problem for batched input):
+        weights_: weights summing to one, ``[m]`` or ``[B, m]`` (numpy if
+            the input was numpy, else torch).
+        lambda_: dual solution, ``[p]`` or ``[B, p]``.
+        status_: ``"converged"``, ``"max_iter"`` or ``"infeasible"`` (a list
+            for batches). Infeasible problems' weights are those at the last
+            iterate and must not be used.
+        n_iter_: iterations used.
+        imbalance_: ``||G^T w||_inf``.
+        violation_: ``max_k (|(G^T w)_k| - gamma_k)_+``.
+        gap_: duality gap ``sum_k gamma_k |lam_k| - lam_k (G^T w)_k``.
+        ess_: effective sample size ``(sum w)^2 / sum w^2``.
+        converged_: ``status_ == "converged"``.
+    """
+
+    def __init__(self, gamma=0.0, *, max_iter: int = 5000, tol: float = 1e-8, device=None,
+                 dtype=torch.float64, solver: str = "auto"):
+        self.gamma = gamma
+        self.max_iter = max_iter
+        self.tol = tol
+        self.device = device
+        self.dtype = dtype
+        self.solver = solver
+
+    # -- public --------------------------------------------------------------
+
+    def fit(self, G):
+        """Balance the columns of ``G`` (``[m, p]`` or batched ``[B, m, p]``). Returns ``self``."""
+        self._check_params()
+        Gt = _as_tensor("G", G, dtype=self.dtype, device=self.device, ndims=(2, 3))
+        batched = Gt.ndim == 3
+        Gt = Gt if batched else Gt.unsqueeze(0)
+        if Gt.shape[1] < 2:
+            raise InputError(f"G must have at least 2 rows; received {describe(G)}")
+        op = _Dense(Gt)
+        return self._solve(op, batched, numpy_out=not isinstance(G, torch.Tensor))
+
+    def fit_factored(self, q, z, *, squares: bool = True, standardize: bool = True):
+        """Balance ``g(q, z) = [q, q^2 - mean(q^2), z, q outer z]`` without building it.
+
+        Args:
+            q: treatment ``[m, d_q]`` shared by all problems, or ``[B, m, d_q]``.
+            z: covariates ``[m, d_z]`` (one problem) or ``[B, m, d_z]``.
+            squares: include the centred squares of ``q``.
+            standardize: centre and scale ``q`` and ``z`` per problem first
+                (as ``balance_features`` does).
+
+        The column order, and so the layout of ``gamma`` and ``lambda_``, is
+        ``feature_layout(d_q, d_z, squares=squares)``. Returns ``self``.
+        """
+        self._check_params()
+        qt = _as_tensor("q", q, dtype=self.dtype, device=self.device, ndims=(2, 3))
+        zt = _as_tensor("z", z, dtype=self.dtype, device=self.device, ndims=(2, 3))
+        batched = zt.ndim == 3 or qt.ndim == 3
+        if zt.ndim == 2:
+            zt = zt.unsqueeze(0)
+        if qt.ndim == 3 and zt.shape[0] == 1 and qt.shape[0] > 1:
+            zt = zt.expand(qt.shape[0], -1, -1)
+        if qt.shape[-2] != zt.shape[-2]:
+            raise InputError(f"q and z must have the same number of rows; received {describe(q)} and {describe(z)}")
+        if qt.ndim == 3 and qt.shape[0] != zt.shape[0]:
+            raise InputError(f"q and z must have the same batch size; received {describe(q)} and {describe(z)}")
+        if standardize:
+            qt, zt = _standardize_batch("q", qt), _standardize_batch("z", zt)
+        op = _Factored(qt, zt, squares)
+        return self._solve(op, batched, numpy_out=not isinstance(z, torch.Tensor))
+
+    # -- internals -----------------------------------------------------------
+
+    def _check_params(self):
+        if self.solver not in ("auto", "newton", "fista"):
+            raise InputError(f"solver must be one of {{'auto', 'newton', 'fista'}}; received {self.solver!r}")
+        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise InputError(f"max_iter must be a positive int; received {describe(self.max_iter)}")
+        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
+            raise InputError(f"tol must be a positive number; received {describe(self.tol)}")
+
+    def _gamma(self, B: int, p: int) -> torch.Tensor:
+        g = self.gamma
+        gt = g.detach() if isinstance(g, torch.Tensor) else torch.as_tensor(np.asarray(g, dtype=np.float64))
+        gt = gt.to(device=self.device, dtype=self.dtype)
+        if gt.ndim == 0:
+            gt = gt.expand(B, p)
+        elif gt.ndim == 1 and gt.shape[0] == p:
+            gt = gt.expand(B, p)
+        elif not (gt.ndim == 2 and tuple(gt.shape) == (B, p)):
+            raise InputError(f"gamma must be a scalar, a vector of length p = {p} or an array [B, p] = [{B}, {p}]; "
+                             f"received {describe(g)}")
+        if not torch.isfinite(gt).all() or bool((gt < 0).any()):
+            raise InputError(f"gamma must be finite and >= 0; received {describe(g)} with negative or non-finite entries")
+        return gt.contiguous()
+
+    def _solve(self, op, batched: bool, numpy_out: bool):
+        gamma = self._gamma(op.B, op.p)
+        lam0 = torch.zeros(op.B, op.p, dtype=self.dtype, device=self.device)
+        smooth = bool((gamma == 0).all())
+        use_newton = self.solver == "newton" or (self.solver == "auto" and smooth)
+        if use_newton and not smooth:
+            raise InputError("solver='newton' needs gamma = 0 everywhere; received positive gamma entries")
+        # lam = 0 is optimal where uniform weights already satisfy every tolerance
+        w0 = torch.full((op.B, op.m), 1.0 / op.m, dtype=self.dtype, device=self.device)
+        trivial = ((op.moments(w0).abs() - gamma) <= 0).all(-1)
+        sol = _Solution(lam0.clone(), ["converged"] * op.B, torch.zeros(op.B, dtype=torch.long))
+        todo = torch.nonzero(~trivial).flatten()
+        if todo.numel():
+            sub = op.subset(todo)
+            if use_newton:
+                s = _newton(sub, lam0[todo], max_iter=self.max_iter, tol=self.tol)
+            else:
+                s = _fista(sub, gamma[todo], lam0[todo], max_iter=self.max_iter, tol=self.tol)
+            sol.lam[todo] = s.lam
+            for k, i in enumerate(todo.tolist()):
+                sol.status[i] = s.status[k]
+            sol.n_iter[todo.cpu()] = s.n_iter
+        self._set_attributes(op, sol, gamma, batched, numpy_out)
+        return self
+
+    def _set_attributes(self, op, sol, gamma, batched, numpy_out):
+        s = op.scores(sol.lam)
+        w = torch.softmax(s, dim=-1)
+        mom = op.moments(w)
+        conv = lambda t: t.cpu().numpy() if numpy_out else t  # noqa: E731
+        pick = (lambda t: t) if batched else (lambda t: t[0])
+        self.weights_ = conv(pick(w))
+        self.lambda_ = conv(pick(sol.lam))
+        self.status_ = sol.status if batched else sol.status[0]
+        self.n_iter_ = sol.n_iter.numpy() if batched else int(sol.n_iter[0])
+        self.imbalance_ = conv(pick(mom.abs().amax(-1)))
+        self.violation_ = conv(pick((mom.abs() - gamma).clamp_min(0).amax(-1)))
+        self.gap_ = conv(pick((gamma * sol.lam.abs() - sol.lam * mom).sum(-1)))
+        self.ess_ = conv(pick(1.0 / (w * w).sum(-1)))
+        self.moments_ = conv(pick(mom))
+        self.converged_ = [st == "converged" for st in sol.status] if batched else sol.status[0] == "converged"
+        self.gamma_ = conv(pick(gamma))
+        self.n_features_ = op.p
+
+
+def _standardize_batch(name: str, x: torch.Tensor) -> torch.Tensor:
+    """Centre and scale columns along the row axis; constant columns become zeros."""
+    mean = x.mean(-2, keepdim=True)
+    sd = x.std(-2, unbiased=False, keepdim=True)
+    ok = sd > 1e-12 * (1.0 + mean.abs())
+    return torch.where(ok, (x - mean) / torch.where(ok, sd, torch.ones_like(sd)), torch.zeros_like(x))

@@ -1,0 +1,270 @@
+"""Backends behind one interface: nnsight models, TransformerLens models, plain HF models.
+
+Each adapter knows the model's sizes (:class:`ModelSpec`), how to tokenize,
+and how to run one forward pass that performs a :class:`~.sites.Plan` (reads
+and patches) and returns the logits at each row's last real token. The
+indexing itself is shared (:func:`~.sites.apply`); adapters only say where a
+site's tensor is:
+
+- :class:`NNsightAdapter` — ``nnsight.TransformersModel`` / ``LanguageModel``
+  / ``NNsight`` around an HF causal LM; the plan runs inside ``model.trace``,
+  so ``remote=`` and the rest of nnsight's machinery apply unchanged.
+- :class:`HFAdapter` — a plain HF causal LM plus tokenizer; torch hooks.
+- :class:`TransformerLensAdapter` — TransformerLens ``TransformerBridge`` or
+  a legacy ``HookedTransformer``, recognised by duck typing
+  (``run_with_hooks``, ``hook_dict``); hooks ``hook_resid_pre``,
+  ``attn.hook_z`` and ``hook_mlp_out``.
+
+Use :func:`adapt` to get the adapter of any accepted model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from typing import Any
+
+import torch
+
+from ..errors import InputError, describe
+from .architectures import ModelSpec, spec_from_hf
+from .sites import Plan, apply
+from .tokens import TokenBatch, encode
+
+__all__ = ["Adapter", "NNsightAdapter", "HFAdapter", "TransformerLensAdapter", "adapt"]
+
+
+class Adapter:
+    """Common interface. Subclasses set ``model``, ``tokenizer``, ``spec`` and implement ``_forward``."""
+
+    name = "adapter"
+    supports_remote = False
+    model: Any
+    tokenizer: Any
+    spec: ModelSpec
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.module.parameters()).device
+        except StopIteration:  # pragma: no cover
+            return torch.device("cpu")
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    def encode(self, prompts, padding_side: str = "left", *, argument: str = "prompts") -> TokenBatch:
+        try:
+            return encode(prompts, self.tokenizer, padding_side)
+        except InputError as err:
+            raise InputError(str(err).replace("prompts", argument, 1)) from None
+
+    def run(self, batch: TokenBatch, plan: Plan, *, logits: bool = True, **kwargs) -> tuple[dict, torch.Tensor | None]:
+        """One forward pass performing ``plan``; returns (reads, last-position logits [batch, vocab])."""
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        if "remote" in kwargs and not self.supports_remote:
+            raise InputError(
+                f"remote execution needs an nnsight model named by a repo id; this model is served by "
+                f"{self.name}, which runs locally only (received remote={kwargs['remote']!r})"
+            )
+        batch = batch.to(self.device)
+        return self._forward(batch, plan.to(self.device), logits, **kwargs)
+
+    def _forward(self, batch, plan, logits, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check_node(self, node, *, argument: str = "nodes") -> None:
+        """Raise if ``node`` does not exist in this model."""
+        spec = self.spec
+        if node.layer >= spec.n_layers:
+            raise InputError(f"{argument}: {node!r} has layer {node.layer}, but the model has "
+                             f"{spec.n_layers} layers (valid: 0..{spec.n_layers - 1})")
+        if node.kind == "head" and node.head >= spec.n_heads:
+            raise InputError(f"{argument}: {node!r} has head {node.head}, but the model has "
+                             f"{spec.n_heads} heads per layer (valid: 0..{spec.n_heads - 1})")
+
+
+def _gather_last(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+    if logits.shape[1] == 1:
+        return logits[:, 0]
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, batch.last]
+
+
+class _HFInputs:
+    """Building the keyword inputs of an HF causal LM for a batch."""
+
+    def _hf_inputs(self, hf, batch: TokenBatch, logits: bool) -> dict:
+        params = inspect.signature(hf.forward).parameters
+        inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "position_ids" in params:
+            inputs["position_ids"] = batch.position_ids
+        if "use_cache" in params:
+            inputs["use_cache"] = False
+        if "logits_to_keep" in params and batch.padding_side == "left":
+            inputs["logits_to_keep"] = 1
+        return inputs
+
+
+class NNsightAdapter(Adapter, _HFInputs):
+    """An nnsight model (``TransformersModel``, ``LanguageModel`` or ``NNsight``) around an HF causal LM."""
+
+    name = "nnsight"
+    supports_remote = True
+
+    def __init__(self, model, tokenizer=None):
+        self.model = model
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        self.spec = spec_from_hf(model._module)
+
+    @property
+    def module(self):
+        return self.model._module
+
+    def envoy(self, kind: str, layer: int):
+        layout = self.spec.layout
+        block = self.model.get(f"{layout.blocks}.{layer}")
+        if kind == "resid":
+            return block.input
+        if kind == "head":
+            return block.get(layout.out_proj).input
+        return block.get(layout.mlp).output
+
+    def _forward(self, batch, plan, logits, **kwargs):
+        import nnsight
+
+        inputs = self._hf_inputs(self.module, batch, logits)
+        n_heads = self.spec.n_heads
+        want = [None]
+        with torch.no_grad(), self.model.trace(**inputs, **kwargs):
+            out = nnsight.save({})
+            for site in plan.sites():
+                apply(plan, site, self.envoy(*site), n_heads, out)
+            if logits:
+                want = nnsight.save([_gather_last(self.model.output.logits, batch)])
+        return dict(out), want[0]
+
+    def capture_in_trace(self, plan: Plan) -> dict:
+        """Perform ``plan`` inside the caller's open trace; returns the saved reads dict."""
+        import nnsight
+
+        out = nnsight.save({})
+        for site in plan.sites():
+            apply(plan, site, self.envoy(*site), self.spec.n_heads, out)
+        return out
+
+
+class HFAdapter(Adapter, _HFInputs):
+    """A plain Hugging Face causal LM and its tokenizer, driven by torch hooks."""
+
+    name = "transformers"
+
+    def __init__(self, model, tokenizer=None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.spec = spec_from_hf(model)
+
+    def _forward(self, batch, plan, logits, **kwargs):
+        if kwargs:
+            raise InputError(f"unexpected keyword arguments for a plain HF model: {sorted(kwargs)}")
+        layout, n_heads, out = self.spec.layout, self.spec.n_heads, {}
+        handles = []
+        try:
+            for site in plan.sites():
+                kind, layer = site
+                block = self.model.get_submodule(f"{layout.blocks}.{layer}")
+                if kind == "resid":
+                    handles.append(block.register_forward_pre_hook(_pre_hook(plan, site, n_heads, out), with_kwargs=True))
+                elif kind == "head":
+                    handles.append(block.get_submodule(layout.out_proj).register_forward_pre_hook(
+                        _pre_hook(plan, site, n_heads, out), with_kwargs=True))
+                else:
+                    handles.append(block.get_submodule(layout.mlp).register_forward_hook(_post_hook(plan, site, n_heads, out)))
+            with torch.no_grad():
+                result = self.model(**self._hf_inputs(self.model, batch, logits))
+        finally:
+            for h in handles:
+                h.remove()
+        return out, (_gather_last(result.logits, batch) if logits else None)
+
+
+def _first_input(args, kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _pre_hook(plan, site, n_heads, out):
+    def hook(module, args, kwargs):
+        apply(plan, site, _first_input(args, kwargs), n_heads, out)
+
+    return hook
+
+
+def _post_hook(plan, site, n_heads, out):
+    def hook(module, args, output):
+        apply(plan, site, output[0] if isinstance(output, tuple) else output, n_heads, out)
+
+    return hook
+
+
+class TransformerLensAdapter(Adapter):
+    """TransformerLens ``TransformerBridge`` or legacy ``HookedTransformer`` (duck typed)."""
+
+    name = "transformer_lens"
+    HOOKS = {"resid": "blocks.{}.hook_resid_pre", "head": "blocks.{}.attn.hook_z", "mlp": "blocks.{}.hook_mlp_out"}
+
+    def __init__(self, model, tokenizer=None):
+        self.model = model
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        cfg = model.cfg
+        self.spec = ModelSpec("transformer_lens", int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head), int(cfg.d_model))
+
+    def _forward(self, batch, plan, logits, **kwargs):
+        if kwargs:
+            raise InputError(f"unexpected keyword arguments for a TransformerLens model: {sorted(kwargs)}")
+        out, n_heads = {}, self.spec.n_heads
+
+        def make(site):
+            def hook(act, hook):
+                apply(plan, site, act, n_heads, out)
+                return act
+
+            return hook
+
+        hooks = [(self.HOOKS[kind].format(layer), make((kind, layer))) for kind, layer in plan.sites()]
+        extra = {}
+        if batch.padding_side == "left" or bool((batch.attention_mask == 0).any()):
+            extra["attention_mask"] = batch.attention_mask
+        with torch.no_grad():
+            result = self.model.run_with_hooks(batch.input_ids, fwd_hooks=hooks, return_type="logits", **extra)
+        return out, (_gather_last(result, batch) if logits else None)
+
+
+def _is_nnsight(model) -> bool:
+    return any(c.__module__.split(".")[0] == "nnsight" for c in type(model).__mro__)
+
+
+def _is_transformer_lens(model) -> bool:
+    return hasattr(model, "run_with_hooks") and hasattr(model, "hook_dict") and hasattr(model, "cfg")
+
+
+def adapt(model, tokenizer=None) -> Adapter:
+    """The adapter for ``model``; adapters are returned unchanged.
+
+    Raises:
+        InputError: if the model is of no type the library knows.
+        ArchitectureError: if it is an HF model of an unknown family.
+    """
+    if isinstance(model, Adapter):
+        return model
+    if _is_nnsight(model):
+        return NNsightAdapter(model, tokenizer)
+    if _is_transformer_lens(model):
+        return TransformerLensAdapter(model, tokenizer)
+    if isinstance(model, torch.nn.Module) and hasattr(model, "config"):
+        return HFAdapter(model, tokenizer)
+    raise InputError(
+        "model must be an nnsight model (TransformersModel, LanguageModel, NNsight), a TransformerLens "
+        "TransformerBridge or HookedTransformer, or a Hugging Face causal LM (with tokenizer=...); "
+        f"received {describe(model)} of type {type(model).__module__}.{type(model).__qualname__}"
+    )

@@ -1,0 +1,140 @@
+"""Tokenizing prompts into padded batches, and aligning node positions per prompt.
+
+Prompts may be strings (tokenized with the model's tokenizer), a LongTensor
+``[n, seq]`` of ids (every token real), or a list of id sequences of different
+lengths. Batches are padded on the left by default, so that the last real
+token of every row is the last column; right padding is supported too.
+Positions of nodes are resolved per row: negative positions count from the
+row's last real token, non-negative ones from its first real token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..errors import InputError, describe
+
+__all__ = ["TokenBatch", "encode", "as_id_lists", "columns"]
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """A padded batch: ids and mask ``[batch, seq]``, and each row's real-token span."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    padding_side: str
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.attention_mask.sum(-1)
+
+    @property
+    def first(self) -> torch.Tensor:
+        """Column of each row's first real token."""
+        seq = self.input_ids.shape[1]
+        return torch.zeros_like(self.lengths) if self.padding_side == "right" else seq - self.lengths
+
+    @property
+    def last(self) -> torch.Tensor:
+        """Column of each row's last real token."""
+        return self.first + self.lengths - 1
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return (self.attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(self.input_ids.to(device), self.attention_mask.to(device), self.padding_side)
+
+    def repeat_rows(self, index: torch.Tensor) -> "TokenBatch":
+        return TokenBatch(self.input_ids[index], self.attention_mask[index], self.padding_side)
+
+
+def as_id_lists(prompts, tokenizer, *, argument: str = "prompts") -> list[list[int]]:
+    """Token ids of each prompt (strings are tokenized, ids are taken as they are)."""
+    if isinstance(prompts, torch.Tensor):
+        if prompts.ndim != 2 or prompts.dtype not in (torch.int64, torch.int32):
+            raise InputError(f"{argument} as a tensor must be a LongTensor [n_prompts, seq]; received {describe(prompts)}")
+        id_lists = prompts.tolist()
+    elif isinstance(prompts, str):
+        raise InputError(f"{argument} must be a list of prompts, not a single string; received {describe(prompts)}")
+    else:
+        try:
+            prompts = list(prompts)
+        except TypeError:
+            raise InputError(f"{argument} must be a list of strings or token ids; received {describe(prompts)}") from None
+        id_lists = []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                if tokenizer is None:
+                    raise InputError(f"{argument}[{i}] is a string but the model has no tokenizer; pass tokenizer=...")
+                id_lists.append(list(tokenizer(p)["input_ids"]))
+            elif isinstance(p, torch.Tensor) and p.ndim == 1:
+                id_lists.append([int(t) for t in p.tolist()])
+            elif isinstance(p, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+                id_lists.append(list(p))
+            else:
+                raise InputError(f"{argument}[{i}] must be a string or a sequence of token ids; received {describe(p)}")
+    if not id_lists:
+        raise InputError(f"{argument} must contain at least one prompt; received an empty list")
+    for i, ids in enumerate(id_lists):
+        if not ids:
+            raise InputError(f"{argument}[{i}] has no tokens")
+    return id_lists
+
+
+def pad(id_lists: Sequence[Sequence[int]], pad_id: int, padding_side: str = "left") -> TokenBatch:
+    """Pad id lists into a :class:`TokenBatch`."""
+    if padding_side not in ("left", "right"):
+        raise InputError(f"padding_side must be one of ('left', 'right'); received {padding_side!r}")
+    seq = max(len(ids) for ids in id_lists)
+    input_ids = torch.full((len(id_lists), seq), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(id_lists), seq), dtype=torch.long)
+    for r, ids in enumerate(id_lists):
+        sl = slice(seq - len(ids), seq) if padding_side == "left" else slice(0, len(ids))
+        input_ids[r, sl] = torch.as_tensor(ids, dtype=torch.long)
+        mask[r, sl] = 1
+    return TokenBatch(input_ids, mask, padding_side)
+
+
+def encode(prompts, tokenizer, padding_side: str = "left", pad_id: int | None = None) -> TokenBatch:
+    """Tokenize and pad prompts."""
+    if pad_id is None:
+        pad_id = _pad_id(tokenizer)
+    return pad(as_id_lists(prompts, tokenizer), pad_id, padding_side)
+
+
+def _pad_id(tokenizer) -> int:
+    if tokenizer is None:
+        return 0
+    for attr in ("pad_token_id", "eos_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def columns(batch: TokenBatch, pos: int, *, rows: torch.Tensor | None = None, offset: int = 0) -> torch.Tensor:
+    """Column of position ``pos`` in each row; raises if a prompt is too short."""
+    lengths = batch.lengths if rows is None else batch.lengths[rows]
+    first = batch.first if rows is None else batch.first[rows]
+    if pos < 0:
+        bad = lengths < -pos
+        cols = first + lengths + pos
+    else:
+        bad = lengths <= pos
+        cols = first + pos
+    if bool(bad.any()):
+        r = int(bad.nonzero()[0])
+        raise InputError(
+            f"position {pos} is beyond prompt {r + offset}'s length: it has {int(lengths[r])} tokens, "
+            f"so positions must lie in [-{int(lengths[r])}, {int(lengths[r]) - 1}]"
+        )
+    return cols
