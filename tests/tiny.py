@@ -81,3 +81,29 @@ def prompts(n: int = 5, seed: int = 0, lo: int = 3, hi: int = 9) -> list[str]:
         ids = torch.randint(3, len(VOCAB), (length,), generator=g).tolist()
         out.append(" ".join(VOCAB[i] for i in ids))
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer_dir() -> str:
+    import tempfile
+
+    path = tempfile.mkdtemp(prefix="cp-tiny-tokenizer-")
+    tokenizer().save_pretrained(path)
+    return path
+
+
+def bridge(hf, *, compat: bool = False):
+    """A TransformerLens TransformerBridge around a deep copy of ``hf`` (booting mutates the model)."""
+    import copy
+    import os
+
+    from transformers import AutoTokenizer
+    from transformer_lens.model_bridge import TransformerBridge
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(_tokenizer_dir())
+    model = TransformerBridge.boot_transformers("tiny", hf_model=copy.deepcopy(hf), tokenizer=tok, device="cpu")
+    model.eval()
+    if compat:
+        model.enable_compatibility_mode()
+    return model

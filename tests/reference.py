@@ -1,0 +1,59 @@
+"""Independent references: plain torch hooks on an HF model, one prompt at a time, no padding.
+
+These do not use the library's adapters, plans or architecture table: module
+paths are spelled out here per family.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PATHS = {  # family: (blocks, attention output projection, MLP contribution module)
+    "gpt2": ("transformer.h", "attn.c_proj", "mlp"),
+    "neox": ("gpt_neox.layers", "attention.dense", "mlp"),
+    "llama": ("model.layers", "self_attn.o_proj", "mlp"),
+    "qwen2": ("model.layers", "self_attn.o_proj", "mlp"),
+    "phi3": ("model.layers", "self_attn.o_proj", "mlp"),
+    "bloom": ("transformer.h", "self_attention.dense", "mlp.dense_4h_to_h"),
+    "gemma": ("model.layers", "self_attn.o_proj", "mlp"),
+    "smollm2": ("model.layers", "self_attn.o_proj", "mlp"),
+}
+
+
+def hook_acts(hf, family: str, ids: list[int], n_heads: int) -> dict:
+    """Full-sequence activations of one unpadded prompt: resid [S, d], z [S, H, hd], mlp [S, d], logits [V]."""
+    blocks_path, out_proj, mlp = PATHS[family]
+    blocks = hf.get_submodule(blocks_path)
+    acts, handles = {}, []
+    for layer, block in enumerate(blocks):
+        def pre(module, args, kwargs, layer=layer):
+            x = args[0] if args else kwargs["hidden_states"]
+            acts["resid", layer] = x[0].detach().clone()
+
+        def z_hook(module, args, layer=layer):
+            acts["z", layer] = args[0][0].detach().clone().unflatten(-1, (n_heads, -1))
+
+        def mlp_hook(module, args, output, layer=layer):
+            out = output[0] if isinstance(output, tuple) else output
+            acts["mlp", layer] = out[0].detach().clone()
+
+        handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+        handles.append(block.get_submodule(out_proj).register_forward_pre_hook(z_hook))
+        handles.append(block.get_submodule(mlp).register_forward_hook(mlp_hook))
+    try:
+        with torch.no_grad():
+            acts["logits"] = hf(torch.tensor([ids])).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    return acts
+
+
+def node_value(acts: dict, node) -> torch.Tensor:
+    """A node's value at its position from :func:`hook_acts` output."""
+    pos = node.pos  # unpadded: negative counts from the end, non-negative from the start
+    if node.kind == "resid":
+        return acts["resid", node.layer][pos]
+    if node.kind == "mlp":
+        return acts["mlp", node.layer][pos]
+    return acts["z", node.layer][pos, node.head]
