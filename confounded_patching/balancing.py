@@ -487,8 +487,12 @@ class EntropyBalancer:
 
     # -- public --------------------------------------------------------------
 
-    def fit(self, G):
-        """Balance the columns of ``G`` (``[m, p]`` or batched ``[B, m, p]``). Returns ``self``."""
+    def fit(self, G, *, lambda_init=None):
+        """Balance the columns of ``G`` (``[m, p]`` or batched ``[B, m, p]``). Returns ``self``.
+
+        ``lambda_init`` (``[p]`` or ``[B, p]``) warm-starts the solver, e.g.
+        from the previous point of a gamma path.
+        """
         self._check_params()
         Gt = _as_tensor("G", G, dtype=self.dtype, device=self.device, ndims=(2, 3))
         batched = Gt.ndim == 3
@@ -496,9 +500,9 @@ class EntropyBalancer:
         if Gt.shape[1] < 2:
             raise InputError(f"G must have at least 2 rows; received {describe(G)}")
         op = _Dense(Gt)
-        return self._solve(op, batched, numpy_out=not isinstance(G, torch.Tensor))
+        return self._solve(op, batched, numpy_out=not isinstance(G, torch.Tensor), lambda_init=lambda_init)
 
-    def fit_factored(self, q, z, *, squares: bool = True, standardize: bool = True):
+    def fit_factored(self, q, z, *, squares: bool = True, standardize: bool = True, lambda_init=None):
         """Balance ``g(q, z) = [q, q^2 - mean(q^2), z, q outer z]`` without building it.
 
         Args:
@@ -509,7 +513,8 @@ class EntropyBalancer:
                 (as ``balance_features`` does).
 
         The column order, and so the layout of ``gamma`` and ``lambda_``, is
-        ``feature_layout(d_q, d_z, squares=squares)``. Returns ``self``.
+        ``feature_layout(d_q, d_z, squares=squares)``. ``lambda_init``
+        warm-starts the solver. Returns ``self``.
         """
         self._check_params()
         qt = _as_tensor("q", q, dtype=self.dtype, device=self.device, ndims=(2, 3))
@@ -526,7 +531,7 @@ class EntropyBalancer:
         if standardize:
             qt, zt = _standardize_batch("q", qt), _standardize_batch("z", zt)
         op = _Factored(qt, zt, squares)
-        return self._solve(op, batched, numpy_out=not isinstance(z, torch.Tensor))
+        return self._solve(op, batched, numpy_out=not isinstance(z, torch.Tensor), lambda_init=lambda_init)
 
     # -- internals -----------------------------------------------------------
 
@@ -553,9 +558,14 @@ class EntropyBalancer:
             raise InputError(f"gamma must be finite and >= 0; received {describe(g)} with negative or non-finite entries")
         return gt.contiguous()
 
-    def _solve(self, op, batched: bool, numpy_out: bool):
+    def _solve(self, op, batched: bool, numpy_out: bool, lambda_init=None):
         gamma = self._gamma(op.B, op.p)
         lam0 = torch.zeros(op.B, op.p, dtype=self.dtype, device=self.device)
+        if lambda_init is not None:
+            li = _as_tensor("lambda_init", lambda_init, dtype=self.dtype, device=self.device, ndims=(1, 2))
+            if li.shape[-1] != op.p or (li.ndim == 2 and li.shape[0] != op.B):
+                raise InputError(f"lambda_init must have shape [{op.p}] or [{op.B}, {op.p}]; received {describe(lambda_init)}")
+            lam0 = lam0 + li
         smooth = bool((gamma == 0).all())
         use_newton = self.solver == "newton" or (self.solver == "auto" and smooth)
         if use_newton and not smooth:
@@ -563,7 +573,8 @@ class EntropyBalancer:
         # lam = 0 is optimal where uniform weights already satisfy every tolerance
         w0 = torch.full((op.B, op.m), 1.0 / op.m, dtype=self.dtype, device=self.device)
         trivial = ((op.moments(w0).abs() - gamma) <= 0).all(-1)
-        sol = _Solution(lam0.clone(), ["converged"] * op.B, torch.zeros(op.B, dtype=torch.long))
+        sol = _Solution(torch.where(trivial[:, None], torch.zeros_like(lam0), lam0),
+                        ["converged"] * op.B, torch.zeros(op.B, dtype=torch.long))
         todo = torch.nonzero(~trivial).flatten()
         if todo.numel():
             sub = op.subset(todo)

@@ -92,12 +92,13 @@ def ioi(n: int | None = 500, seed: int = 0, tokenizer=None, *, corruption: str =
     rng = random.Random(seed)
     places = [(topic, place) for topic, ps in IOI_PLACES.items() for place in ps]
     rows: dict[str, tuple] = {}
-    dropped, attempts = 0, 0
+    rejected: set[str] = set()
+    attempts = 0
     while len(rows) < n:
         attempts += 1
         if attempts > 20 * n + 1000:
             raise InputError(
-                f"ioi: could not make {n} distinct prompts of equal token length ({len(rows)} made, {dropped} "
+                f"ioi: could not make {n} distinct prompts of equal token length ({len(rows)} made, {len(rejected)} "
                 "pairs dropped for unequal length); ask for fewer"
             )
         template = rng.choice(IOI_TEMPLATES)
@@ -106,11 +107,11 @@ def ioi(n: int | None = 500, seed: int = 0, tokenizer=None, *, corruption: str =
         io, s, c = rng.sample(IOI_NAMES, 3)
         a, b = (io, s) if rng.random() < 0.5 else (s, io)  # ABBA or BABA order
         clean = template.format(a=a, b=b, s=s, place=place, obj=obj)
-        if clean in rows:
+        if clean in rows or clean in rejected:
             continue
         corrupt = template.format(a=a, b=b, s=io if corruption == "swap" else c, place=place, obj=obj)
         if tokenizer is not None and n_tokens(tokenizer, clean) != n_tokens(tokenizer, corrupt):
-            dropped += 1
+            rejected.add(clean)
             continue
         rows[clean] = (topic, corrupt, " " + io, " " + s)
     prompts = list(rows)
@@ -123,7 +124,7 @@ def ioi(n: int | None = 500, seed: int = 0, tokenizer=None, *, corruption: str =
         corrupt=corrupt,
         answers=answers,
         wrong_answers=wrong,
-        n_dropped=dropped,
+        n_dropped=len(rejected),
         description=(
             f"Indirect-object identification (after Wang et al. 2023): {len(IOI_TEMPLATES)} templates, "
             f"{len(places)} places in {len(IOI_PLACES)} families (topics), {len(IOI_NAMES)} names; "

@@ -74,6 +74,31 @@ class Adapter:
     def _forward(self, batch, plan, logits, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def grad_run(self, batch: TokenBatch, sites, metric_fn) -> tuple[dict, dict, torch.Tensor]:
+        """Forward with gradients: site tensors, d(metric_fn(logits).sum())/d(site), last logits.
+
+        ``sites`` is a list of ``(kind, layer)``. Gradients are taken with
+        ``torch.autograd.grad`` so no parameter's ``.grad`` is touched.
+        """
+        batch = batch.to(self.device)
+        tensors: dict = {}
+        with torch.enable_grad():
+            logits = self._grad_forward(batch, sorted(set(sites), key=lambda s: (s[1], s[0] != "resid")), tensors)
+            last = _gather_last(logits, batch)
+            value = metric_fn(last)
+            keys = list(tensors)
+            grads = torch.autograd.grad(value.sum(), [tensors[k] for k in keys], allow_unused=True)
+        acts = {k: tensors[k].detach() for k in keys}
+        grads = {k: (torch.zeros_like(acts[k]) if g is None else g.detach()) for k, g in zip(keys, grads)}
+        for k in keys:  # head sites as [batch, seq, n_heads, head_dim] on every backend
+            if k[0] == "head" and acts[k].ndim == 3:
+                acts[k] = acts[k].unflatten(-1, (self.spec.n_heads, -1))
+                grads[k] = grads[k].unflatten(-1, (self.spec.n_heads, -1))
+        return acts, grads, last.detach()
+
+    def _grad_forward(self, batch, sites, tensors):  # pragma: no cover - abstract
+        raise NotImplementedError
+
     def check_node(self, node, *, argument: str = "nodes") -> None:
         """Raise if ``node`` does not exist in this model."""
         spec = self.spec
@@ -107,7 +132,55 @@ class _HFInputs:
         return inputs
 
 
-class NNsightAdapter(Adapter, _HFInputs):
+class _HFGrad:
+    """Gradient runs through torch hooks on the underlying HF module (nnsight leaves these working)."""
+
+    def _grad_forward(self, batch, sites, tensors):
+        hf, layout = self.module, self.spec.layout
+        handles = []
+
+        def keep(site, leaf=False):
+            def pre(module, args, kwargs):
+                x = args[0] if args else kwargs["hidden_states"]
+                if leaf:  # start the graph here, whether or not parameters require grad
+                    x = x.detach().requires_grad_(True)
+                    args = (x, *args[1:]) if args else args
+                    if not args:
+                        kwargs = {**kwargs, "hidden_states": x}
+                tensors[site] = x
+                return args, kwargs
+
+            return pre
+
+        def keep_out(site):
+            def post(module, args, output):
+                tensors[site] = output[0] if isinstance(output, tuple) else output
+
+            return post
+
+        try:
+            block0 = hf.get_submodule(f"{layout.blocks}.0")
+            handles.append(block0.register_forward_pre_hook(keep(("resid", 0), leaf=True), with_kwargs=True))
+            for kind, layer in sites:
+                block = hf.get_submodule(f"{layout.blocks}.{layer}")
+                if kind == "resid" and layer > 0:
+                    handles.append(block.register_forward_pre_hook(keep((kind, layer)), with_kwargs=True))
+                elif kind == "head":
+                    handles.append(block.get_submodule(layout.out_proj).register_forward_pre_hook(
+                        keep((kind, layer)), with_kwargs=True))
+                elif kind == "mlp":
+                    handles.append(block.get_submodule(layout.mlp).register_forward_hook(keep_out((kind, layer))))
+            inputs = self._hf_inputs(hf, batch, True)
+            logits = hf(**inputs).logits
+        finally:
+            for h in handles:
+                h.remove()
+        if ("resid", 0) not in sites:
+            tensors.pop(("resid", 0), None)
+        return logits
+
+
+class NNsightAdapter(_HFGrad, Adapter, _HFInputs):
     """An nnsight model (``TransformersModel``, ``LanguageModel`` or ``NNsight``) around an HF causal LM."""
 
     name = "nnsight"
@@ -155,7 +228,7 @@ class NNsightAdapter(Adapter, _HFInputs):
         return out
 
 
-class HFAdapter(Adapter, _HFInputs):
+class HFAdapter(_HFGrad, Adapter, _HFInputs):
     """A plain Hugging Face causal LM and its tokenizer, driven by torch hooks."""
 
     name = "transformers"
@@ -238,6 +311,24 @@ class TransformerLensAdapter(Adapter):
         with torch.no_grad():
             result = self.model.run_with_hooks(batch.input_ids, fwd_hooks=hooks, return_type="logits", **extra)
         return out, (_gather_last(result, batch) if logits else None)
+
+    def _grad_forward(self, batch, sites, tensors):
+        def keep(site, leaf=False):
+            def hook(act, hook):
+                if leaf:
+                    act = act.detach().requires_grad_(True)
+                tensors[site] = act
+                return act
+
+            return hook
+
+        hooks = [(self.HOOKS["resid"].format(0), keep(("resid", 0), leaf=True))]
+        hooks += [(self.HOOKS[k].format(l), keep((k, l))) for k, l in sites if (k, l) != ("resid", 0)]
+        logits = self.model.run_with_hooks(batch.input_ids, fwd_hooks=hooks, return_type="logits",
+                                           attention_mask=batch.attention_mask)
+        if ("resid", 0) not in sites:
+            tensors.pop(("resid", 0), None)
+        return logits
 
 
 def _is_nnsight(model) -> bool:

@@ -26,7 +26,8 @@ class Read:
     """Read ``tensor[row, cols[row]]`` for every row into ``out[key]``.
 
     With ``cols=None`` and a ``mask`` ``[batch, seq]``, read the mean over the
-    row's real tokens instead (used for prompt embeddings).
+    row's real tokens instead (used for prompt embeddings); with neither, read
+    the whole tensor.
     """
 
     key: object
@@ -82,7 +83,9 @@ def apply(plan: Plan, site: tuple[str, int], tensor: torch.Tensor, n_heads: int,
     if reads:
         rows = torch.arange(t.shape[0], device=t.device)
         for read in reads:
-            if read.cols is None:
+            if read.cols is None and read.mask is None:
+                out[read.key] = t.detach().clone()
+            elif read.cols is None:
                 m = read.mask.to(t.dtype)
                 out[read.key] = (t.detach() * m[:, :, None]).sum(1) / m.sum(1, keepdim=True)
             else:

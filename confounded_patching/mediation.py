@@ -1,0 +1,638 @@
+"""The deconfounded average indirect effect (AIE) of a node, estimated with entropy balancing.
+
+Method (Fotouhi et al., "Removing spurious correlation from neural network
+interpretations", arXiv 2412.02893, Eq. 2; the cross-world weight of Hsu,
+Huber, Lee & Lettry 2020). For prompts ``i`` with query coordinates ``q_i``,
+node coordinates ``n_i``, confounder ``x_i`` and outcome ``y_i``, and ``K``
+random partners ``j != i`` per prompt::
+
+    log R^nx_ij = s_nx(q_i, z_i) - s_nx(q_j, z_i),      z = [n, x]
+    log R^x_ij  = s_x(q_j, x_i) - s_x(q_i, x_i)
+    T_ij        = pi_x,i * (R^nx_ij * R^x_ij - 1) * y_i
+    AIE         = mean_i mean_j T_ij      (T winsorized at the 5th/95th percentiles)
+
+where ``s = -lam^T g`` are the log-linear scores of entropy-balancing weights
+(Hainmueller 2012; approximate balance, Wang & Zubizarreta 2020) on
+``g(q, z) = [q, q^2 - c, z, q outer z]`` and ``pi_x = m softmax(s_x)``. The
+pair weight ``w_ij = pi_x,i R^nx R^x`` equals ``f(q_i) f(q_j | n_i, x_i) /
+(f(q_i | n_i, x_i) f(q_j | x_i))`` when the scores are log density ratios,
+so ``mean w_ij y_i`` estimates ``E[Y(q, N(q'))]`` for independent ``q, q'``
+and the AIE is ``E[Y(q, N(q'))] - E[Y(q, N(q))]`` with the topic held out
+of the query's path. It is zero for every outcome additive in ``q`` and
+``n``: it measures ``q x n`` non-additivity (see ``docs/estimator.md``).
+
+Variants: ``variant="algorithm1"`` reproduces the paper's Algorithm 1, line
+9, ``R^nx * pi_x,i * (R^x - 1) * y_i``, which is not Eq. (2) and is
+inconsistent (its weight averages to ``int f(q)^2 / f(q|x) dq >= 1``);
+``estimator="hajek"`` self-normalises; ``weights="parametric"`` uses the
+Gaussian models of the paper's Appendix A; ``confounder=None`` gives the
+unadjusted ("normal") estimator with ``pi_x = 1`` and ``z = n``.
+
+The tolerance ``gamma`` of approximate balance on the product columns decides
+everything: at ``gamma >= gamma_max`` the weights are uniform and the AIE is
+shrunk to 0; too small and the ratios explode or the problem is infeasible.
+``gamma="auto"`` applies the rule documented in :func:`select_gamma`.
+
+Example::
+
+    >>> r = aie(query, node, y, topics)            # query [m, 768], node [m, 576], y [m], topics [m]
+    >>> r.value, (r.ci_low, r.ci_high), r.gamma, r.ess, r.status
+    >>> table = aie_many(query, acts, y, topics)   # acts [n_nodes, m, d]
+    >>> table.to_dataframe()                       # one row per node
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import InputError, describe
+from .results import Result
+from .topics import _standardize, confounder_features, pca
+from .weighting import RatioModel, fit_eb, fit_gaussian, fit_topic_gaussian, gamma_max_products
+
+__all__ = ["aie", "aie_many", "AIEResult", "AIETable", "pair_index", "select_gamma", "GammaRule"]
+
+VARIANTS = ("eq2", "algorithm1")
+ESTIMATORS = ("ht", "hajek")
+WEIGHTS = ("eb", "parametric")
+FEATURES = ("squares", "paper")
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class AIEResult(Result):
+    """The AIE of one node, with its interval and diagnostics.
+
+    Attributes:
+        value: AIE estimate, in units of the outcome.
+        ci_low, ci_high: bootstrap percentile interval over prompts.
+        se: bootstrap standard deviation.
+        gamma: tolerance on the product columns of the node's weight model
+            (``nan`` for parametric weights).
+        ess: effective sample size ``(sum pi)^2 / sum pi^2`` of the node's weights.
+        imbalance: ``||G^T w||_inf`` of the node's weights.
+        status: solver status of the node's weights (``converged``,
+            ``max_iter``, ``infeasible``); ``value`` is ``nan`` when infeasible.
+        winsorized: share of pair terms clipped by the winsorization.
+        gamma_x, ess_x, imbalance_x, status_x: the same for ``pi_x`` (``nan``
+            / ``"none"`` when unadjusted).
+        n: prompts; K: partners per prompt.
+        variant, estimator, weights, features: the settings used.
+        adjusted: whether a confounder was balanced.
+    """
+
+    value: float
+    ci_low: float
+    ci_high: float
+    se: float
+    gamma: float
+    ess: float
+    imbalance: float
+    status: str
+    winsorized: float
+    gamma_x: float
+    ess_x: float
+    imbalance_x: float
+    status_x: str
+    n: int
+    K: int
+    variant: str
+    estimator: str
+    weights: str
+    features: str
+    adjusted: bool
+    kind: str = "aie"
+
+
+@dataclass(frozen=True)
+class AIETable(Result):
+    """AIEs of many nodes: one entry per node in every array field.
+
+    Fields mirror :class:`AIEResult` (``value``, ``ci_low``, ``ci_high``,
+    ``se``, ``gamma``, ``ess``, ``imbalance``, ``status``, ``winsorized``
+    per node; ``gamma_x`` ... ``adjusted`` shared). ``boot`` holds the
+    bootstrap replicates ``[n_nodes, n_boot]``, computed with the same
+    resampled prompts for every node, so differences between nodes can be
+    bootstrapped too. ``table[i]`` is node ``i``'s :class:`AIEResult`;
+    ``to_dataframe()`` gives one row per node.
+    """
+
+    value: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    se: np.ndarray
+    gamma: np.ndarray
+    ess: np.ndarray
+    imbalance: np.ndarray
+    status: list
+    winsorized: np.ndarray
+    boot: np.ndarray
+    gamma_x: float
+    ess_x: float
+    imbalance_x: float
+    status_x: str
+    n: int
+    K: int
+    variant: str
+    estimator: str
+    weights: str
+    features: str
+    adjusted: bool
+    gamma_rule: dict = field(default_factory=dict)
+    kind: str = "aie_table"
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def __getitem__(self, i: int) -> AIEResult:
+        i = range(len(self))[i]
+        per = {k: getattr(self, k)[i] for k in ("value", "ci_low", "ci_high", "se", "gamma", "ess", "imbalance",
+                                                 "winsorized")}
+        per = {k: float(v) for k, v in per.items()}
+        shared = {k: getattr(self, k) for k in ("gamma_x", "ess_x", "imbalance_x", "status_x", "n", "K", "variant",
+                                                 "estimator", "weights", "features", "adjusted")}
+        return AIEResult(status=self.status[i], **per, **shared)
+
+    def to_dataframe(self, nodes: Sequence | None = None):
+        """Long-form table, one row per node (``node`` column from ``nodes`` if given)."""
+        import pandas as pd
+
+        cols = {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high, "se": self.se,
+                "gamma": self.gamma, "ess": self.ess, "imbalance": self.imbalance, "status": self.status,
+                "winsorized": self.winsorized}
+        df = pd.DataFrame(cols)
+        df.insert(0, "node", [str(n) for n in nodes] if nodes is not None else np.arange(len(self)))
+        for k in ("gamma_x", "ess_x", "status_x", "n", "K", "variant", "estimator", "weights", "features",
+                  "adjusted"):
+            df[k] = getattr(self, k)
+        return df
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def pair_index(m: int, K: int = 200, seed: int = 0) -> np.ndarray:
+    """Random partners ``J[i, k] != i``, distinct within a row: ``[m, min(K, m - 1)]`` int64.
+
+    Pass the same array to every call (``pairs=``) so that all nodes share
+    the same pairs (common random numbers): node rankings then do not depend
+    on pair noise.
+    """
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 2:
+        raise InputError(f"m must be an int >= 2; received {describe(m)}")
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
+        raise InputError(f"K must be a positive int; received {describe(K)}")
+    K = min(int(K), m - 1)
+    rng = np.random.default_rng(seed)
+    out = np.empty((m, K), dtype=np.int64)
+    step = max(1, 2_000_000 // m)
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        keys = rng.random((stop - start, m - 1))
+        pick = np.argpartition(keys, K - 1, axis=1)[:, :K] if K < m - 1 else np.argsort(keys, axis=1)
+        rows = np.arange(start, stop)[:, None]
+        out[start:stop] = pick + (pick >= rows)  # skip j == i
+    return out
+
+
+def _check_pairs(pairs, m: int) -> torch.Tensor:
+    arr = np.asarray(pairs)
+    if arr.ndim != 2 or arr.shape[0] != m or arr.dtype.kind not in "iu":
+        raise InputError(f"pairs must be an int array [m = {m}, K]; received {describe(pairs)}")
+    if arr.min() < 0 or arr.max() >= m or (arr == np.arange(m)[:, None]).any():
+        raise InputError(f"pairs must hold indices in [0, {m}) with pairs[i, k] != i")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- gamma rule
+
+
+@dataclass(frozen=True)
+class GammaRule:
+    """The ``gamma="auto"`` rule (see :func:`select_gamma`), with its knobs.
+
+    Attributes:
+        ess_floor: smallest acceptable ESS as a share of ``m``.
+        ratio: geometric step of the path ``gamma_t = gamma_max * ratio^t``.
+        n_steps: path length.
+        floor_sd: smallest gamma, in units of ``1/sqrt(m)``.
+    """
+
+    ess_floor: float = 0.1
+    ratio: float = 0.7
+    n_steps: int = 12
+    floor_sd: float = 0.5
+
+    def to_dict(self) -> dict:
+        return {"rule": "ess_floor", "ess_floor": self.ess_floor, "ratio": self.ratio, "n_steps": self.n_steps,
+                "floor_sd": self.floor_sd}
+
+
+def gamma_path(gmax: torch.Tensor, m: int, rule: GammaRule) -> torch.Tensor:
+    """Decreasing product tolerances ``[B, n_steps]`` from just below ``gamma_max`` to the floor."""
+    t = torch.arange(1, rule.n_steps + 1, dtype=gmax.dtype)
+    path = gmax[:, None] * rule.ratio ** t[None, :]
+    return path.clamp_min(rule.floor_sd / math.sqrt(m))
+
+
+def select_gamma(q, z, rule: GammaRule, *, squares: bool, tol: float, max_iter: int):
+    """Fit EB ratio models along a gamma path and keep, per problem, the smallest acceptable gamma.
+
+    Rule (``GammaRule``): walk ``gamma_t = gamma_max * ratio^t`` downward
+    (``gamma = 0`` on the marginal columns, ``gamma_t`` on the products),
+    warm-starting each solve from the previous one. A point is acceptable
+    while its status is ``converged`` and its ESS is at least ``ess_floor *
+    m``; the last acceptable point is kept. If none is, the first path point
+    is kept (with its status and ESS reported).
+
+    Returns:
+        (model, path): the selected :class:`RatioModel` and a dict of the
+        path (``gamma``, ``ess``, ``status`` per step) for diagnostics.
+    """
+    B, m, _ = z.shape
+    gmax = gamma_max_products(q, z)
+    path = gamma_path(gmax, m, rule)
+    chosen, lam = None, None
+    ok_any = torch.zeros(B, dtype=torch.bool)
+    hist_ess, hist_ok = [], []
+    for t in range(path.shape[1]):
+        model = fit_eb(q, z, path[:, t], squares=squares, tol=tol, max_iter=max_iter, lambda_init=lam)
+        lam = torch.where(torch.tensor([s == "infeasible" for s in model.status])[:, None],
+                          lam if lam is not None else torch.zeros_like(model.lam), model.lam)
+        ok = torch.tensor([s == "converged" for s in model.status]) & (model.ess >= rule.ess_floor * m)
+        ok = ok & (ok_any | (t == 0)) if False else ok
+        hist_ess.append(model.ess.clone())
+        hist_ok.append(ok.clone())
+        if chosen is None:
+            chosen = model
+        else:
+            take = ok & still_going
+            chosen = _merge(chosen, model, take)
+        still_going = ok if t == 0 else still_going & ok
+        ok_any |= ok
+        if not bool(still_going.any()):
+            break
+    info = {"gamma_max": gmax, "path": path[:, : len(hist_ess)], "ess": torch.stack(hist_ess, 1),
+            "ok": torch.stack(hist_ok, 1)}
+    return chosen, info
+
+
+def _merge(old: RatioModel, new: RatioModel, take: torch.Tensor) -> RatioModel:
+    t1 = take[:, None]
+    return RatioModel(
+        torch.where(t1, new.a, old.a), torch.where(take[:, None, None], new.U, old.U),
+        torch.where(t1, new.log_pi, old.log_pi),
+        [n if bool(tk) else o for o, n, tk in zip(old.status, new.status, take)],
+        torch.where(take, new.gamma, old.gamma), torch.where(take, new.ess, old.ess),
+        torch.where(take, new.imbalance, old.imbalance), torch.where(take, new.n_iter, old.n_iter),
+        torch.where(t1, new.lam, old.lam))
+
+
+# ----------------------------------------------------------------------------- the estimator
+
+
+def _kth(x: torch.Tensor, frac: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row lower ``frac`` quantile of ``x`` [B, N] (order statistic), over entries where ``mask``."""
+    if mask is not None:
+        x = x[:, mask]
+    N = x.shape[1]
+    k = min(N, max(1, int(math.floor(frac * (N - 1))) + 1))
+    return torch.kthvalue(x, k, dim=1).values
+
+
+def _winsorize(T: torch.Tensor, p: float | None, mask: torch.Tensor | None = None):
+    """Clip each row of ``T`` [B, N] at its ``p`` and ``1 - p`` quantiles; returns (T, share clipped)."""
+    if not p:
+        return T, torch.zeros(T.shape[0], dtype=T.dtype)
+    lo, hi = _kth(T, p, mask)[:, None], _kth(T, 1 - p, mask)[:, None]
+    clipped = (T < lo) | (T > hi)
+    if mask is not None:
+        share = (clipped & mask).sum(1) / mask.sum().clamp_min(1)
+    else:
+        share = clipped.double().mean(1)
+    return torch.minimum(torch.maximum(T, lo), hi), share.to(T.dtype)
+
+
+@dataclass
+class _Stats:
+    value: torch.Tensor  # [B]
+    boot: torch.Tensor  # [B, n_boot]
+    winsorized: torch.Tensor  # [B]
+
+
+def _pair_stats(log_pi_x, dx, dnx, y, rows, *, variant, estimator, winsorize, counts) -> _Stats:
+    """AIE and its bootstrap from the log ratios of the pairs.
+
+    log_pi_x: [m] log pi_x,i (zeros when unadjusted); dx: [m', K] log R^x (zeros when unadjusted);
+    dnx: [B, m', K] = s_nx(q_j, z_i) - s_nx(q_i, z_i) = -log R^nx; rows: the m' prompts the terms cover.
+    counts: [n_boot, m] bootstrap multiplicities of the prompts.
+    """
+    m = y.shape[0]
+    lp, yr = log_pi_x[rows], y[rows]
+    cap = 700.0
+    if estimator == "ht":
+        if variant == "eq2":
+            T = (torch.exp((lp[:, None] + dx - dnx).clamp(max=cap)) - torch.exp(lp)[:, None]) * yr[:, None]
+        else:  # algorithm1: R^nx * pi_x,i * (R^x - 1) * y_i
+            T = torch.exp((lp[:, None] - dnx).clamp(max=cap)) * torch.expm1(dx.clamp(max=cap)) * yr[:, None]
+        B, mr, K = T.shape
+        T, share = _winsorize(T.reshape(B, mr * K), winsorize)
+        row_mean = torch.zeros(B, m, dtype=T.dtype)
+        row_mean[:, rows] = T.reshape(B, mr, K).mean(-1)
+        value = row_mean.sum(1) / m
+        boot = row_mean @ counts.T / m
+        return _Stats(value, boot, share)
+    # Hajek: sum_ij w_ij y_i / sum_ij w_ij - sum_i pi_i y_i / sum_i pi_i (rows = all prompts)
+    logw = (lp[:, None] + dx - dnx).clamp(max=cap)
+    B, mr, K = logw.shape
+    logw, share = _winsorize(logw.reshape(B, mr * K), winsorize)
+    logw = logw.reshape(B, mr, K)
+    shift = logw.amax((1, 2), keepdim=True)
+    w = torch.exp(logw - shift)
+    den = w.sum(-1)  # [B, m]
+    num = den * y[None, :]
+    pi = torch.exp(lp - lp.max())
+    value = (num.sum(1) / den.sum(1)) - (pi * y).sum() / pi.sum()
+    boot = (num @ counts.T) / (den @ counts.T) - ((counts @ (pi * y)) / (counts @ pi))[None, :]
+    return _Stats(value, boot, share)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _choice(name: str, value, options) -> str:
+    if value not in options:
+        raise InputError(f"{name} must be one of {set(options)}; received {value!r}")
+    return value
+
+
+def _matrix(name: str, x, m: int | None = None) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        t = x.detach().to("cpu", torch.float64)
+    else:
+        arr = np.asarray(x)
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise InputError(f"{name} must be a numeric array; received {describe(x)}")
+        t = torch.from_numpy(np.array(arr, dtype=np.float64))
+    if t.ndim == 1:
+        t = t[:, None]
+    if t.ndim != 2:
+        raise InputError(f"{name} must be a 2-d array [prompts, dims]; received {describe(x)}")
+    if m is not None and t.shape[0] != m:
+        raise InputError(f"{name} must have one row per prompt ({m}, the length of outcome); received {describe(x)}")
+    if not torch.isfinite(t).all():
+        raise InputError(f"{name} must be finite; received {describe(x)} with NaN or inf entries")
+    return t
+
+
+def _outcome(y) -> torch.Tensor:
+    t = _matrix("outcome", y)
+    if t.shape[1] != 1:
+        raise InputError(f"outcome must be a vector [prompts]; received {describe(y)}")
+    t = t[:, 0]
+    if t.shape[0] < 2 or float(t.max() - t.min()) <= 1e-12 * (1 + float(t.abs().max())):
+        raise InputError(f"outcome must vary across prompts; received a constant vector of length {t.shape[0]}")
+    return t
+
+
+def _node_list(nodes, m: int):
+    """Nodes as a list of [m, d] float64 tensors (an [n_nodes, m, d] array is split lazily)."""
+    if isinstance(nodes, (np.ndarray, torch.Tensor)):
+        if nodes.ndim == 2:
+            nodes = nodes[None]
+        if nodes.ndim != 3:
+            raise InputError(f"nodes must be [n_nodes, prompts, dims] or a list of [prompts, dims]; "
+                             f"received {describe(nodes)}")
+        if nodes.shape[1] != m:
+            raise InputError(f"nodes must have one row per prompt ({m}, the length of outcome) on axis 1; "
+                             f"received {describe(nodes)}")
+        return [nodes[i] for i in range(nodes.shape[0])]
+    if not isinstance(nodes, (list, tuple)) or not nodes:
+        raise InputError(f"nodes must be a non-empty list of [prompts, dims] arrays or an array "
+                         f"[n_nodes, prompts, dims]; received {describe(nodes)}")
+    return list(nodes)
+
+
+def _coords(name: str, x: torch.Tensor, d: int, seed: int) -> torch.Tensor:
+    """PCA to ``d`` components when wider than ``d``, else centred and scaled columns."""
+    return pca(x, d, seed=seed) if x.shape[-1] > d else _standardize(x)
+
+
+def _check_size(m: int, d_q: int, d_z: int):
+    need = 2 * (2 * d_q + d_z) + 10
+    if m < need:
+        raise InputError(f"need at least 2 * (2 d_q + d_z) + 10 = {need} prompts for d_q = {d_q} query and d_z = "
+                         f"{d_z} node/confounder dims; received {m} prompts. Lower d_q / d_n or add prompts")
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="auto", gamma_x="auto",
+             variant: str = "eq2", estimator: str = "ht", weights: str = "eb", features: str = "squares",
+             d_q: int = 25, d_n: int = 25, winsorize: float | None = 0.05, n_boot: int = 200, ci: float = 0.95,
+             pairs=None, seed: int = 0, confounder_kind: str = "auto", chunk_size: int = 64,
+             dtype=torch.float32, tol: float | None = None, max_iter: int = 3000,
+             gamma_rule: GammaRule | None = None) -> AIETable:
+    """AIE of every node, with the EB problems solved batched across nodes.
+
+    Args:
+        query: query embeddings ``[m, D_q]`` (PCA to ``d_q`` if wider).
+        nodes: activations ``[n_nodes, m, D]`` or a list of ``[m, D_i]``
+            (each PCA'd to ``d_n`` if wider).
+        outcome: ``[m]`` binary labels or a continuous metric.
+        confounder: topic labels ``[m]`` (str/int), covariates ``[m, k]``, or
+            ``None`` for the unadjusted estimator.
+        K: partners per prompt (the same ``pairs`` for every node).
+        gamma: product-column tolerance of the node models: ``"auto"``
+            (:func:`select_gamma`) or a number (in correlation units).
+        gamma_x: the same for ``pi_x``.
+        variant: ``"eq2"`` (default) or ``"algorithm1"`` (the paper's printed
+            Algorithm 1, inconsistent; for reproduction only; HT only).
+        estimator: ``"ht"`` (mean of the terms) or ``"hajek"`` (self-normalised).
+        weights: ``"eb"`` or ``"parametric"`` (Appendix A Gaussian models).
+        features: ``"squares"`` (``[q, q^2, z, q z]``, default) or ``"paper"``
+            (``[q, z, q z]``).
+        winsorize: clip terms at the ``p`` and ``1 - p`` quantiles (HT: the
+            terms ``T_ij`` of prompts with ``y_i != 0``; Hajek: the pair
+            log-weights); ``None`` or 0 to disable.
+        n_boot, ci: bootstrap over prompts (weights held fixed) and interval level.
+        pairs: ``[m, K]`` partner indices (see :func:`pair_index`); drawn from
+            ``seed`` if omitted.
+        chunk_size: nodes solved together; bounds memory at about
+            ``chunk_size * m * K * 8`` bytes per temporary.
+        dtype: solver precision (float32 default here; AIE sums are float64).
+        tol: KKT tolerance of the solver (default ``1e-3 / sqrt(m)``).
+        gamma_rule: knobs of the ``"auto"`` rule.
+
+    Returns:
+        :class:`AIETable`, one entry per node in input order.
+    """
+    variant = _choice("variant", variant, VARIANTS)
+    estimator = _choice("estimator", estimator, ESTIMATORS)
+    weights = _choice("weights", weights, WEIGHTS)
+    features = _choice("features", features, FEATURES)
+    if variant == "algorithm1" and estimator != "ht":
+        raise InputError("variant='algorithm1' reproduces the paper's printed HT form; estimator must be 'ht'")
+    for name, v in (("gamma", gamma), ("gamma_x", gamma_x)):
+        if not (v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and
+                                math.isfinite(v))):
+            raise InputError(f"{name} must be 'auto' or a number >= 0; received {describe(v)}")
+    if winsorize is not None and not (0 <= winsorize < 0.5):
+        raise InputError(f"winsorize must be None or in [0, 0.5); received {describe(winsorize)}")
+    if not (0 < ci < 1):
+        raise InputError(f"ci must be in (0, 1); received {describe(ci)}")
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 0:
+        raise InputError(f"n_boot must be an int >= 0; received {describe(n_boot)}")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InputError(f"chunk_size must be a positive int; received {describe(chunk_size)}")
+
+    y = _outcome(outcome)
+    m = y.shape[0]
+    qraw = _matrix("query", query, m)
+    node_list = _node_list(nodes, m)
+    x_np, _ = confounder_features(confounder, m, kind=confounder_kind)
+    adjusted = x_np is not None
+    kx = 0 if x_np is None else x_np.shape[1]
+    dq_eff = min(d_q, qraw.shape[1])
+    _check_size(m, dq_eff, min(d_n, max(_width(a) for a in node_list)) + kx)
+    rule = gamma_rule or GammaRule()
+    tol = tol if tol is not None else 1e-3 / math.sqrt(m)
+    squares = features == "squares"
+
+    q64 = _coords("query", qraw, d_q, seed)
+    q = q64.to(dtype)
+    x = None if x_np is None else torch.from_numpy(x_np).to(dtype)
+    J = _check_pairs(pairs, m) if pairs is not None else torch.from_numpy(pair_index(m, K, seed))
+    counts = torch.from_numpy(np.random.default_rng([seed, 1]).multinomial(m, np.full(m, 1.0 / m), size=n_boot)
+                              ).to(torch.float64)
+    rows = torch.arange(m) if estimator == "hajek" else torch.nonzero(y != 0).flatten()
+
+    # pi_x: one problem shared by every node
+    log_f_q = None
+    if adjusted:
+        xmodel, log_f_q = _fit_x(q, x, confounder, confounder_kind, weights, gamma_x, rule, squares, tol, max_iter)
+        log_pi_x = xmodel.log_pi[0].to(torch.float64)
+        dx = _eb_log_ratio(xmodel, q64, J, rows)[0]
+        diag_x = (float(xmodel.gamma[0]), float(xmodel.ess[0]), float(xmodel.imbalance[0]), xmodel.status[0])
+    else:
+        log_pi_x = torch.zeros(m, dtype=torch.float64)
+        dx = torch.zeros(len(rows), J.shape[1], dtype=torch.float64)
+        diag_x = (float("nan"), float("nan"), float("nan"), "none")
+
+    out = {k: [] for k in ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "status")}
+    for chunk in _chunks(node_list, chunk_size):
+        acts = torch.stack([_matrix(f"nodes[{i}]", node_list[i], m) for i in chunk])
+        n = _coords("nodes", acts, d_n, seed).to(dtype)
+        z = torch.cat([n, x.expand(len(chunk), -1, -1)], -1) if adjusted else n
+        if weights == "parametric":
+            model = fit_gaussian(q, z, log_f_q=None if log_f_q is None else log_f_q.to(dtype), squares=squares)
+        elif gamma == "auto":
+            model, _ = select_gamma(q, z, rule, squares=squares, tol=tol, max_iter=max_iter)
+        else:
+            model = fit_eb(q, z, torch.full((len(chunk),), float(gamma), dtype=dtype), squares=squares, tol=tol,
+                           max_iter=max_iter)
+        dnx = _eb_log_ratio(model, q64, J, rows)
+        st = _pair_stats(log_pi_x, dx, dnx, y, rows, variant=variant, estimator=estimator, winsorize=winsorize,
+                         counts=counts)
+        bad = torch.tensor([s == "infeasible" for s in model.status]) | torch.tensor(diag_x[3] == "infeasible")
+        st.value[bad] = float("nan")
+        for k, v in (("value", st.value), ("boot", st.boot), ("winsorized", st.winsorized),
+                     ("gamma", model.gamma), ("ess", model.ess), ("imbalance", model.imbalance)):
+            out[k].append(v.detach().to(torch.float64).cpu())
+        out["status"] += list(model.status)
+
+    value = torch.cat(out["value"]).numpy()
+    boot = torch.cat(out["boot"]).numpy() if n_boot else np.zeros((len(value), 0))
+    alpha = (1 - ci) / 2
+    if n_boot:
+        lo, hi, se = np.quantile(boot, alpha, axis=1), np.quantile(boot, 1 - alpha, axis=1), boot.std(1, ddof=1)
+    else:
+        lo = hi = se = np.full(len(value), np.nan)
+    nan_rows = np.isnan(value)
+    lo, hi, se = (np.where(nan_rows, np.nan, a) for a in (lo, hi, se))
+    return AIETable(
+        value=value, ci_low=lo, ci_high=hi, se=se,
+        gamma=torch.cat(out["gamma"]).numpy(), ess=torch.cat(out["ess"]).numpy(),
+        imbalance=torch.cat(out["imbalance"]).numpy(), status=out["status"],
+        winsorized=torch.cat(out["winsorized"]).numpy(), boot=boot,
+        gamma_x=diag_x[0], ess_x=diag_x[1], imbalance_x=diag_x[2], status_x=diag_x[3],
+        n=m, K=int(J.shape[1]), variant=variant, estimator=estimator, weights=weights, features=features,
+        adjusted=adjusted, gamma_rule=rule.to_dict() if "auto" in (gamma, gamma_x) else {})
+
+
+def aie(query, node, outcome, confounder=None, *, dtype=torch.float64, **kwargs) -> AIEResult:
+    """AIE of one node: :func:`aie_many` on ``[node]``, returning its :class:`AIEResult`.
+
+    Args:
+        query: ``[m, D_q]``; node: ``[m, D_n]``; outcome: ``[m]``;
+        confounder: labels ``[m]``, covariates ``[m, k]`` or ``None``.
+        dtype: solver precision (float64 here).
+        **kwargs: as :func:`aie_many` (``K``, ``gamma``, ``variant``,
+            ``estimator``, ``weights``, ``features``, ``d_q``, ``d_n``,
+            ``n_boot``, ``pairs``, ``seed`` ...).
+    """
+    if isinstance(node, (list, tuple)) or getattr(node, "ndim", 2) not in (1, 2):
+        raise InputError(f"node must be one node's activations [prompts, dims]; received {describe(node)}. "
+                         "Use aie_many for several nodes")
+    return aie_many(query, [node], outcome, confounder, dtype=dtype, **kwargs)[0]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _width(a) -> int:
+    shape = getattr(a, "shape", None) or np.shape(a)
+    return 1 if len(shape) == 1 else int(shape[-1])
+
+
+def _chunks(node_list, size):
+    """Consecutive runs of at most ``size`` nodes with equal width (so they stack)."""
+    run = []
+    for i, a in enumerate(node_list):
+        if run and (len(run) == size or _width(node_list[run[0]]) != _width(a)):
+            yield run
+            run = []
+        run.append(i)
+    if run:
+        yield run
+
+
+def _eb_log_ratio(model, q64, J, rows):
+    """``s(q_j, z_i) - s(q_i, z_i)`` in float64 for a batch: [B, m', K]."""
+    if isinstance(model, RatioModel):
+        m64 = RatioModel(model.a.double(), model.U.double(), model.log_pi, model.status, model.gamma,
+                         model.ess, model.imbalance, model.n_iter)
+        return m64.log_ratio(q64, J, rows)
+    return model.log_ratio(q64, J, rows).double()
+
+
+def _fit_x(q, x, confounder, kind, weights, gamma_x, rule, squares, tol, max_iter):
+    """The confounder's ratio model ``pi_x`` (B = 1) and, for parametric weights, ``log f(q_i)``."""
+    z = x.unsqueeze(0)
+    if weights == "parametric":
+        is_labels = x is not None and _is_labels(confounder, kind)
+        if is_labels:
+            codes = torch.from_numpy(np.unique(np.asarray(confounder).astype(str), return_inverse=True)[1])
+            return fit_topic_gaussian(q, codes, x, squares=squares)
+        return fit_gaussian(q, z, squares=squares), None
+    if gamma_x == "auto":
+        model, _ = select_gamma(q, z, rule, squares=squares, tol=tol, max_iter=max_iter)
+    else:
+        model = fit_eb(q, z, torch.tensor([float(gamma_x)], dtype=q.dtype), squares=squares, tol=tol,
+                       max_iter=max_iter)
+    return model, None
+
+
+def _is_labels(confounder, kind) -> bool:
+    if kind != "auto":
+        return kind == "labels"
+    arr = np.asarray(confounder.detach().cpu() if isinstance(confounder, torch.Tensor) else confounder)
+    return arr.ndim == 1 and arr.dtype.kind in "iubUSO"

@@ -1,0 +1,266 @@
+"""Classic, attribution and resample patching against independent references."""
+
+import nnsight
+import numpy as np
+import pytest
+import torch
+
+import confounded_patching as cp
+import reference
+import tiny
+from confounded_patching.models.tokens import as_id_lists
+
+CLEAN = torch.tensor([[5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16], [20, 21, 22, 23, 24, 25]])
+CORRUPT = torch.tensor([[5, 6, 30, 8, 9, 10], [11, 40, 13, 14, 15, 16], [20, 21, 22, 50, 24, 25]])
+A, B = 40, 41
+
+
+def _tl_reference(bridge):
+    from transformer_lens import patching as tlp
+
+    metric = lambda lg: (lg[:, -1, A] - lg[:, -1, B]).mean()
+    _, cache = bridge.run_with_cache(CLEAN)
+    return (tlp.get_act_patch_resid_pre(bridge, CORRUPT, cache, metric),
+            tlp.get_act_patch_attn_head_out_all_pos(bridge, CORRUPT, cache, metric),
+            tlp.get_act_patch_mlp_out(bridge, CORRUPT, cache, metric))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("backend", ["bridge", "nnsight", "hf"])
+def test_patch_equals_transformer_lens_patching(family, backend):
+    hf, tok = tiny.hf_model(family), tiny.tokenizer()
+    bridge = tiny.bridge(hf)
+    resid_tl, head_tl, mlp_tl = _tl_reference(bridge)
+    model = {"bridge": bridge, "nnsight": nnsight.TransformersModel(hf, tokenizer=tok), "hf": hf}[backend]
+    seq, n_layers, n_heads = CLEAN.shape[1], 2, 4
+    resid = [cp.Resid(l, p) for l in range(n_layers) for p in range(seq)]
+    heads = [cp.Head(l, h, None) for l in range(n_layers) for h in range(n_heads)]
+    mlps = [cp.MLP(l, p) for l in range(n_layers) for p in range(seq)]
+    res = cp.patch(model, CLEAN, CORRUPT, resid + heads + mlps, cp.metrics.logit_diff(A, B), batch_size=7,
+                   tokenizer=tok, progress=False)
+    mean = torch.tensor(res.raw.mean(0), dtype=torch.float32)
+    got = (mean[:len(resid)].view(n_layers, seq), mean[len(resid):len(resid) + len(heads)].view(n_layers, n_heads),
+           mean[len(resid) + len(heads):].view(n_layers, seq))
+    for ours, theirs in zip(got, (resid_tl, head_tl, mlp_tl)):
+        torch.testing.assert_close(ours, theirs.float(), rtol=1e-4, atol=1e-6)
+
+
+def _hand_patched_metric(hf, ids_target, node, value, n_heads):
+    """Hook-based patch of one node on one unpadded prompt (independent of the library)."""
+    blocks_path, out_proj, mlp = reference.PATHS["llama"]
+    block = hf.get_submodule(blocks_path)[node.layer]
+
+    def pre(module, args, kwargs):
+        x = (args[0] if args else kwargs["hidden_states"]).clone()
+        x[0, node.pos] = value
+        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+    def z_pre(module, args):
+        x = args[0].clone().unflatten(-1, (n_heads, -1))
+        x[0, node.pos, node.head] = value
+        return (x.flatten(-2),)
+
+    def mlp_post(module, args, output):
+        out = output.clone()
+        out[0, node.pos] = value
+        return out
+
+    if node.kind == "resid":
+        h = block.register_forward_pre_hook(pre, with_kwargs=True)
+    elif node.kind == "head":
+        h = block.get_submodule(out_proj).register_forward_pre_hook(z_pre)
+    else:
+        h = block.get_submodule(mlp).register_forward_hook(mlp_post)
+    try:
+        with torch.no_grad():
+            return hf(torch.tensor([ids_target])).logits[0, -1]
+    finally:
+        h.remove()
+
+
+def test_noise_direction_against_hooks():
+    hf, tok = tiny.hf_model("llama"), tiny.tokenizer()
+    nodes = cp.nodes(hf, positions=(-1, 2))
+    res = cp.patch(hf, CLEAN, CORRUPT, nodes, cp.metrics.logit_diff(A, B), direction="noise", tokenizer=tok,
+                   progress=False)
+    for p in range(CLEAN.shape[0]):
+        src = reference.hook_acts(hf, "llama", CORRUPT[p].tolist(), 4)
+        for k, node in enumerate(nodes):
+            lg = _hand_patched_metric(hf, CLEAN[p].tolist(), node, reference.node_value(src, node), 4)
+            assert abs(res.raw[p, k] - float(lg[A] - lg[B])) < 1e-5
+    assert res.normalization == "(patched − clean) / (clean − corrupt)"
+
+
+def test_identical_prompts_give_exactly_zero_effect():
+    hf, tok = tiny.hf_model("phi3"), tiny.tokenizer()
+    res = cp.patch(hf, CLEAN, CLEAN.clone(), cp.nodes(hf, positions=(-1, 0)), cp.metrics.logit_diff(A, B),
+                   tokenizer=tok, progress=False)
+    assert np.array_equal(res.effects, np.zeros_like(res.effects))
+    assert np.array_equal(res.clean, res.corrupt)
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+def test_patching_whole_residual_stream_recovers_clean(family):
+    hf, tok = tiny.hf_model(family), tiny.tokenizer()
+    nodes = [cp.Resid(0, None), cp.Resid(1, None), cp.Resid(1, -1), cp.MLP(1, None)]
+    res = cp.patch(hf, CLEAN, CORRUPT, nodes, cp.metrics.logit_diff(A, B), tokenizer=tok, progress=False)
+    np.testing.assert_allclose(res.raw[:, 0], res.clean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(res.raw[:, 1], res.clean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(res.scores[:, 0], 1.0, atol=1e-3)
+    assert not np.allclose(res.raw[:, 2], res.clean)  # one position of the last layer is not the whole stream
+
+
+def test_kl_to_clean_and_prob_diff():
+    hf, tok = tiny.hf_model("qwen2"), tiny.tokenizer()
+    res = cp.patch(hf, CLEAN, CORRUPT, [cp.Resid(0, None), cp.MLP(0, -1)], cp.metrics.kl_to_clean(), tokenizer=tok,
+                   progress=False)
+    assert np.allclose(res.clean, 0, atol=1e-6) and (res.corrupt > 0).all()
+    assert np.allclose(res.raw[:, 0], 0, atol=1e-5)
+    pd_ = cp.patch(hf, CLEAN, CORRUPT, [cp.MLP(0, -1)], cp.metrics.prob_diff(A, B), tokenizer=tok, progress=False)
+    assert np.all(np.abs(pd_.raw) <= 1)
+
+
+def test_attribution_correlates_with_exact():
+    hf, tok = tiny.hf_model("gpt2"), tiny.tokenizer()
+    nodes = cp.nodes(hf, positions=(-1, -2, -3, -4))
+    kw = dict(metric=cp.metrics.logit_diff(A, B), tokenizer=tok, progress=False)
+    exact = cp.patch(hf, CLEAN, CORRUPT, nodes, **kw)
+    attr = cp.patch(hf, CLEAN, CORRUPT, nodes, method="attribution", **kw)
+    assert attr.method == "attribution"
+    np.testing.assert_allclose(attr.corrupt, exact.corrupt, rtol=1e-5, atol=1e-6)
+    r = np.corrcoef(attr.effects.ravel(), exact.effects.ravel())[0, 1]
+    assert r > 0.9, r
+    # the Resid(0) attribution is exact for a linear path: identical prompts give exactly zero
+    same = cp.patch(hf, CLEAN, CLEAN.clone(), nodes, method="attribution", **kw)
+    assert np.abs(same.effects).max() == 0
+
+
+def test_attribution_on_transformer_lens_matches_hf():
+    hf, tok = tiny.hf_model("llama"), tiny.tokenizer()
+    nodes = cp.nodes(hf, positions=(-1, -2))
+    kw = dict(metric=cp.metrics.logit_diff(A, B), method="attribution", progress=False)
+    a = cp.patch(hf, CLEAN, CORRUPT, nodes, tokenizer=tok, **kw)
+    b = cp.patch(tiny.bridge(hf), CLEAN, CORRUPT, nodes, **kw)
+    np.testing.assert_allclose(a.raw, b.raw, rtol=1e-4, atol=1e-6)
+    assert not any(p.grad is not None for p in hf.parameters())  # no side effect on the user's model
+
+
+def test_patching_result_roundtrip_and_dataframe(tmp_path):
+    hf, tok = tiny.hf_model("gpt2"), tiny.tokenizer()
+    res = cp.patch(hf, CLEAN, CORRUPT, cp.nodes(hf), cp.metrics.logit_diff(A, B), tokenizer=tok, progress=False)
+    back = cp.PatchingResult.load(res.save(tmp_path / "p.npz"))
+    assert back.nodes == res.nodes and np.array_equal(back.raw, res.raw) and back.direction == "denoise"
+    df = res.to_dataframe()
+    assert len(df) == len(res.nodes) and set(df["method"]) == {"patch:exact"}
+    assert len(res.to_dataframe(per_pair=True)) == len(res.nodes) * 3
+
+
+def test_whole_model_sweep_is_one_call():
+    model = nnsight.TransformersModel(tiny.hf_model("llama"), tokenizer=tiny.tokenizer())
+    res = cp.patch(model, ["w1 w2 w3"], ["w1 w5 w3"], metric=cp.metrics.logit_diff("w1", "w2"), progress=False)
+    assert len(res.nodes) == len(cp.nodes(model)) and res.raw.shape == (1, len(res.nodes))
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_unequal_token_lengths_are_rejected():
+    hf, tok = tiny.hf_model("gpt2"), tiny.tokenizer()
+    with pytest.raises(cp.InputError, match=r"pair 1: clean and corrupt prompts must have equal token length; "
+                                            r"received 3 and 2 tokens"):
+        cp.patch(hf, ["w1 w2", "w1 w2 w3"], ["w3 w4", "w5 w6"], [cp.MLP(0)], cp.metrics.logit(A), tokenizer=tok)
+
+
+def test_metric_with_wrong_shape_is_rejected():
+    hf, tok = tiny.hf_model("gpt2"), tiny.tokenizer()
+    with pytest.raises(cp.InputError, match=r"metric must return a tensor of shape \[batch\] = \[3\].*received"):
+        cp.patch(hf, CLEAN, CORRUPT, [cp.MLP(0)], lambda lg: lg[:, A].mean(), tokenizer=tok, progress=False)
+
+
+def test_unknown_direction_and_method():
+    hf = tiny.hf_model("gpt2")
+    with pytest.raises(cp.InputError, match=r"direction must be one of \('denoise', 'noise'\); received 'denoising'"):
+        cp.patch(hf, CLEAN, CORRUPT, [cp.MLP(0)], cp.metrics.logit(A), direction="denoising")
+    with pytest.raises(cp.InputError, match=r"method must be one of \('exact', 'attribution'\)"):
+        cp.patch(hf, CLEAN, CORRUPT, [cp.MLP(0)], cp.metrics.logit(A), method="fast")
+
+
+def test_string_metric_tokens_need_a_single_token():
+    model = nnsight.TransformersModel(tiny.hf_model("gpt2"), tokenizer=tiny.tokenizer())
+    with pytest.raises(cp.InputError, match="must encode to exactly one token"):
+        cp.patch(model, ["w1 w2"], ["w1 w3"], [cp.MLP(0)], cp.metrics.logit_diff("w1 w2", "w3"), progress=False)
+
+
+# ---------------------------------------------------------------- resample
+
+def test_resample_equals_hand_patching_per_pair():
+    hf, tok = tiny.hf_model("llama"), tiny.tokenizer()
+    prompts = tiny.prompts(6, seed=4)
+    ids = as_id_lists(prompts, tok)
+    nodes = cp.nodes(hf, positions=(-1, -2))
+    metric = cp.metrics.logit_diff("w3", "w4")
+    a, b = tok.convert_tokens_to_ids(["w3", "w4"])
+    res = cp.resample(hf, prompts, nodes, metric, n_pairs=6, tokenizer=tok, batch_size=9, progress=False)
+    assert res.effects.shape == (6, len(nodes)) and (res.pairs[:, 0] != res.pairs[:, 1]).all()
+    for k, (i, j) in enumerate(res.pairs):
+        src = reference.hook_acts(hf, "llama", ids[j], 4)
+        base = reference.hook_acts(hf, "llama", ids[i], 4)["logits"]
+        for n, node in enumerate(nodes):
+            lg = _hand_patched_metric(hf, ids[i], node, reference.node_value(src, node), 4)
+            assert abs(res.effects[k, n] - float((lg[a] - lg[b]) - (base[a] - base[b]))) < 1e-5
+    assert res.value.shape == res.se.shape == (len(nodes),)
+
+
+def test_resample_strata_and_shared_pairs(tmp_path):
+    hf, tok = tiny.hf_model("gpt2"), tiny.tokenizer()
+    prompts = tiny.prompts(8, seed=5)
+    strata = ["a", "a", "a", "b", "b", "b", "c", "c"]
+    metric = cp.metrics.logit("w3")
+    res = cp.resample(hf, prompts, cp.nodes(hf, kinds=("mlp",)), metric, n_pairs=20, strata=strata, tokenizer=tok,
+                      progress=False)
+    assert all(strata[i] == strata[j] and i != j for i, j in res.pairs)
+    again = cp.resample(hf, prompts, cp.nodes(hf, kinds=("head",)), metric, n_pairs=20, strata=strata, tokenizer=tok,
+                        progress=False)
+    assert np.array_equal(res.pairs, again.pairs)  # the same pairs whatever the nodes
+    back = cp.ResampleResult.load(res.save(tmp_path / "r"))
+    assert np.array_equal(back.effects, res.effects) and back.stratified
+    with pytest.raises(cp.InputError, match="every stratum has a single prompt"):
+        cp.resample(hf, prompts[:2], [cp.MLP(0)], metric, strata=["a", "b"], tokenizer=tok)
+
+
+@pytest.mark.slow
+def test_smollm2_matches_a_hand_written_nnsight_loop(smollm2):
+    """Residual layer×position and head sweeps in the style of the nnsight causal-mediation tutorial."""
+    clean, corrupt = "Paris is in the country of", "Rome is in the country of"
+    tok = smollm2.tokenizer
+    assert len(tok(clean)["input_ids"]) == len(tok(corrupt)["input_ids"])
+    paris, italy = tok.encode(" France")[0], tok.encode(" Italy")[0]
+    layers = (0, 7, 15, 29)
+    seq = len(tok(clean)["input_ids"])
+    n_heads, head_dim = 9, 64
+
+    with torch.no_grad(), smollm2.trace(clean):
+        clean_resid = {l: smollm2.model.layers[l].input.clone().save() for l in layers}
+        clean_z = {l: smollm2.model.layers[l].self_attn.o_proj.input.clone().save() for l in layers}
+    resid_ref = np.zeros((len(layers), seq))
+    for a, l in enumerate(layers):
+        for p in range(seq):
+            with torch.no_grad(), smollm2.trace(corrupt):
+                smollm2.model.layers[l].input[:, p] = clean_resid[l][:, p]
+                lg = smollm2.output.logits[0, -1].save()
+            resid_ref[a, p] = float(lg[paris] - lg[italy])
+    head_ref = np.zeros((len(layers), n_heads))
+    for a, l in enumerate(layers):
+        for h in range(n_heads):
+            sl = slice(h * head_dim, (h + 1) * head_dim)
+            with torch.no_grad(), smollm2.trace(corrupt):
+                z = smollm2.model.layers[l].self_attn.o_proj.input
+                z[:, :, sl] = clean_z[l][:, :, sl]
+                lg = smollm2.output.logits[0, -1].save()
+            head_ref[a, h] = float(lg[paris] - lg[italy])
+
+    nodes = [cp.Resid(l, p) for l in layers for p in range(seq)] + [cp.Head(l, h, None) for l in layers
+                                                                      for h in range(n_heads)]
+    res = cp.patch(smollm2, [clean], [corrupt], nodes, cp.metrics.logit_diff(" France", " Italy"), progress=False)
+    ours = res.raw[0]
+    np.testing.assert_allclose(ours[:len(layers) * seq].reshape(len(layers), seq), resid_ref, rtol=1e-4, atol=2e-4)
+    np.testing.assert_allclose(ours[len(layers) * seq:].reshape(len(layers), n_heads), head_ref, rtol=1e-4, atol=2e-4)
