@@ -238,9 +238,11 @@ def test_smollm2_matches_a_hand_written_nnsight_loop(smollm2):
     seq = len(tok(clean)["input_ids"])
     n_heads, head_dim = 9, 64
 
+    clean_resid, clean_z = {}, {}
     with torch.no_grad(), smollm2.trace(clean):
-        clean_resid = {l: smollm2.model.layers[l].input.clone().save() for l in layers}
-        clean_z = {l: smollm2.model.layers[l].self_attn.o_proj.input.clone().save() for l in layers}
+        for l in layers:  # forward order
+            clean_resid[l] = smollm2.model.layers[l].input.clone().save()
+            clean_z[l] = smollm2.model.layers[l].self_attn.o_proj.input.clone().save()
     resid_ref = np.zeros((len(layers), seq))
     for a, l in enumerate(layers):
         for p in range(seq):
