@@ -34,8 +34,8 @@ _LAZY = {
     "balance_features": "balancing",
     "aie": "mediation",
     "AIEResult": "mediation",
-    "mediate": "mediation",
-    "MediationResult": "mediation",
+    "mediate": "deconfound",
+    "MediationResult": "deconfound",
 }
 _SUBMODULES = ("metrics", "plot", "datasets", "models", "topics", "cli")
 

@@ -27,6 +27,9 @@ __all__ = ["Result", "atomic_write"]
 _FORMAT = "confounded_patching.result/1"
 
 
+_TYPES: dict[str, type] = {}
+
+
 def _is_node(x) -> bool:
     return type(x) in _BY_KIND.values()
 
@@ -47,6 +50,10 @@ def _encode(value: Any, name: str, arrays: dict) -> Any:
         return {"__array__": name}
     if _is_node(value):
         return {"__node__": value.to_dict()}
+    if isinstance(value, Result) and dataclasses.is_dataclass(value):
+        return {"__result__": type(value).__name__,
+                "fields": {f.name: _encode(getattr(value, f.name), f"{name}.{f.name}", arrays)
+                           for f in dataclasses.fields(value)}}
     if isinstance(value, (list, tuple)):
         return [_encode(v, f"{name}.{i}", arrays) for i, v in enumerate(value)]
     if isinstance(value, dict):
@@ -73,6 +80,11 @@ def _decode(value: Any, arrays) -> Any:
             return arr
         if "__node__" in value:
             return node_from_dict(value["__node__"])
+        if "__result__" in value:
+            cls = _TYPES.get(value["__result__"])
+            if cls is None:
+                raise InputError(f"unknown nested result type {value['__result__']!r}")
+            return cls(**{k: _decode(v, arrays) for k, v in value["fields"].items()})
         if "__dict__" in value:
             return {k: _decode(v, arrays) for k, v in value["__dict__"].items()}
     return value
@@ -96,7 +108,9 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
 class Result:
     """Mixin for frozen dataclass results: ``save``/``load`` as npz + JSON."""
 
-    kind: ClassVar[str] = "result"
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _TYPES[cls.__name__] = cls
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the result to ``path`` (``.npz`` is appended if missing). Returns the path."""

@@ -1,0 +1,208 @@
+"""The deconfounded analysis of a model's nodes: ``mediate``.
+
+``mediate(model, prompts, nodes, outcome)`` runs the whole pipeline of
+Fotouhi et al. (arXiv 2412.02893) on a model:
+
+1. one capture pass over the prompts (:func:`~.activations.collect`):
+   every node's activation, the outcome metric on the last-position logits,
+   and a query embedding of each prompt (the model's residual stream at
+   ``embed_layer``, averaged over the prompt's tokens) — or user arrays;
+2. the confounder: k-means topics of the query embeddings (``"kmeans"``,
+   ``n_topics`` clusters), user topic labels, or continuous covariates;
+3. the EB-AIE of every node, adjusted for the confounder and unadjusted,
+   with the entropy-balancing problems batched across nodes and the same
+   random pairs (common random numbers) for every node and both estimators
+   (:func:`~.mediation.aie_many`).
+
+The result, :class:`MediationResult`, holds both tables of estimates and
+diagnostics, the topics and the outcome, with ``to_dataframe()`` in long
+form (one row per node and estimator) and ``save``/``load``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .activations import Activations, check_nodes, collect
+from .errors import InputError, describe
+from .mediation import AIETable, aie_many, pair_index
+from .models import adapt
+from .nodes import Node
+from .results import Result
+
+__all__ = ["mediate", "MediationResult"]
+
+
+@dataclass(frozen=True)
+class MediationResult(Result):
+    """EB-AIE of many nodes, adjusted for a confounder and unadjusted.
+
+    Attributes:
+        nodes: the nodes, in the order given.
+        adjusted: per-node estimates balancing the confounder (None without one).
+        unadjusted: per-node estimates without the confounder (the "normal" estimator).
+        topics: the confounder's topic label per prompt (None for covariates).
+        outcome: the outcome per prompt ``[m]``.
+        outcome_name: the metric's name, or ``"labels"``.
+        query: how the query embedding was obtained.
+        tokens: position labels (``tok_-1`` style) from the first prompt.
+        settings: the estimator settings used.
+    """
+
+    nodes: list
+    adjusted: AIETable | None
+    unadjusted: AIETable
+    topics: np.ndarray | None
+    outcome: np.ndarray
+    outcome_name: str
+    query: str
+    tokens: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def value(self) -> np.ndarray:
+        """Adjusted AIE per node (unadjusted when there is no confounder)."""
+        return (self.adjusted or self.unadjusted).value
+
+    def table(self, adjusted: bool = True) -> AIETable:
+        return self.adjusted if adjusted and self.adjusted is not None else self.unadjusted
+
+    def to_dataframe(self):
+        """Long form: one row per node and estimator (``eb:adjusted``, ``eb:unadjusted``)."""
+        import pandas as pd
+
+        frames = []
+        for name, tab in (("eb:adjusted", self.adjusted), ("eb:unadjusted", self.unadjusted)):
+            if tab is None:
+                continue
+            df = tab.to_dataframe()
+            df["node"] = [n.label for n in self.nodes]
+            df.insert(1, "kind", [n.kind for n in self.nodes])
+            df.insert(2, "layer", [n.layer for n in self.nodes])
+            df.insert(3, "head", [getattr(n, "head", None) for n in self.nodes])
+            df.insert(4, "pos", [n.pos for n in self.nodes])
+            df.insert(5, "method", name)
+            df["metric"] = self.outcome_name
+            frames.append(df)
+        return pd.concat(frames, ignore_index=True)
+
+
+def _outcome_values(metric, outcome, acts: Activations, m: int) -> tuple[np.ndarray, str]:
+    if metric is not None:
+        if acts.outcome is None:
+            raise InputError("activations hold no outcome; pass the metric to collect() or outcome labels here")
+        return acts.outcome.numpy().astype(float), acts.meta.get("metric") or getattr(metric, "name", "metric")
+    y = np.asarray(outcome.detach().cpu().numpy() if isinstance(outcome, torch.Tensor) else outcome, dtype=float)
+    if y.shape != (m,):
+        raise InputError(f"outcome as labels must have one value per prompt ({m}); received {describe(outcome)}")
+    return y, "labels"
+
+
+def mediate(
+    model,
+    prompts,
+    nodes: Sequence[Node] | None = None,
+    outcome=None,
+    *,
+    confounder="kmeans",
+    n_topics: int = 3,
+    query=None,
+    embed_layer: int | None = None,
+    unadjusted: bool = True,
+    K: int = 200,
+    gamma="auto",
+    seed: int = 0,
+    batch_size: int = 32,
+    tokenizer=None,
+    progress: bool = True,
+    remote=None,
+    activations: Activations | None = None,
+    **aie_kwargs,
+) -> MediationResult:
+    """Deconfounded EB-AIE of every node, next to the unadjusted estimate.
+
+    Args:
+        model: nnsight, TransformerLens or HF model (with ``tokenizer``).
+        prompts: the prompts (strings or token ids).
+        nodes: nodes with integer positions (default: every MLP and head at
+            the last position, ``cp.nodes(model, kinds=("mlp", "head"))``).
+        outcome: a metric on last-position logits (e.g.
+            ``cp.metrics.logit_diff(" he", " she")``), evaluated in the
+            capture pass, or a vector of labels ``[m]`` (e.g. binary).
+        confounder: ``"kmeans"`` (topics of the query embeddings), topic
+            labels ``[m]``, covariates ``[m, k]``, or None (unadjusted only).
+        n_topics: k for ``"kmeans"``.
+        query: query embeddings ``[m, D]``; default: the model's residual
+            stream entering ``embed_layer`` (default ``n_layers // 4``),
+            averaged over each prompt's tokens.
+        unadjusted: also compute the unadjusted ("normal") estimator.
+        K, gamma, seed: see :func:`~.mediation.aie_many`; other keyword
+            arguments go there too (``variant``, ``estimator``, ``weights``,
+            ``features``, ``d_q``, ``d_n``, ``n_boot`` ...).
+        activations: a previous :func:`collect` result to reuse (must hold
+            the nodes, and ``outcome``/``embedding`` unless given here).
+
+    Returns:
+        :class:`MediationResult`.
+
+    Example::
+
+        >>> res = mediate(model, data.prompts, cp.nodes(model, kinds=("mlp",)),
+        ...               outcome=cp.metrics.logit_diff(" he", " she"), confounder=data.topics)
+        >>> res.to_dataframe().head()
+    """
+    adapter = adapt(model, tokenizer)
+    if nodes is None:
+        from .nodes import nodes as all_nodes
+
+        nodes = all_nodes(n_layers=adapter.spec.n_layers, n_heads=adapter.spec.n_heads, kinds=("mlp", "head"))
+    nodes = check_nodes(adapter, nodes)
+    if outcome is None:
+        raise InputError("outcome is required: a metric on last-position logits, or a vector of labels [m]")
+    metric = outcome if callable(outcome) else None
+    if embed_layer is None:
+        embed_layer = adapter.spec.n_layers // 4
+    if activations is None:
+        activations = collect(adapter, prompts, nodes, batch_size=batch_size, metric=metric,
+                              embed_layer=embed_layer if query is None else None, progress=progress, remote=remote)
+    missing = [n for n in nodes if n not in activations]
+    if missing:
+        raise InputError(f"activations do not hold {len(missing)} of the nodes, e.g. {missing[0]!r}")
+    m = len(activations)
+    y, outcome_name = _outcome_values(metric, outcome, activations, m)
+    if query is None:
+        if activations.embedding is None:
+            raise InputError("activations hold no query embedding; pass query=... or collect(..., embed_layer=...)")
+        q, query_name = activations.embedding, f"mean residual stream entering layer {embed_layer}"
+    else:
+        q, query_name = query, "user arrays"
+    topics = None
+    if isinstance(confounder, str):
+        if confounder != "kmeans":
+            raise InputError(f"confounder must be 'kmeans', labels [m], covariates [m, k] or None; received "
+                             f"{confounder!r}")
+        from .topics import kmeans_topics
+
+        topics = kmeans_topics(q, k=n_topics, seed=seed)
+        confounder = topics
+    elif confounder is not None:
+        arr = np.asarray(confounder)
+        topics = arr if arr.ndim == 1 and arr.dtype.kind in "iubUSO" else None
+    pairs = aie_kwargs.pop("pairs", None)
+    if pairs is None:
+        pairs = pair_index(m, K, seed)
+    values = [activations[n] for n in nodes]
+    common = dict(K=K, gamma=gamma, seed=seed, pairs=pairs, **aie_kwargs)
+    adj = aie_many(q, values, y, confounder, **common) if confounder is not None else None
+    unadj = aie_many(q, values, y, None, **common) if (unadjusted or adj is None) else None
+    tokens = [f"tok_{p}" for p in sorted({n.pos for n in nodes})]
+    settings = {"K": K, "gamma": gamma if isinstance(gamma, str) else float(gamma), "seed": seed,
+                "n_topics": n_topics if topics is not None else None, "embed_layer": embed_layer,
+                **{k: v for k, v in aie_kwargs.items() if isinstance(v, (int, float, str, bool))}}
+    return MediationResult(nodes=nodes, adjusted=adj, unadjusted=unadj,
+                           topics=None if topics is None else np.asarray(topics).astype(str),
+                           outcome=y, outcome_name=outcome_name, query=query_name, tokens=tokens, settings=settings)
