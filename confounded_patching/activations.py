@@ -222,7 +222,7 @@ def collect(
         result = split_reads(out, nodes)
         extra = {"lengths": batch.lengths.cpu()}
         if metric is not None:
-            extra["outcome"] = evaluate(metric, logits.float()).detach().cpu()
+            extra["outcome"] = evaluate(metric, logits.float(), rows=index).detach().cpu()
         if embed_layer is not None:
             extra["embedding"] = out[("embed", embed_layer)].detach().to("cpu", torch.float32)
         return result, extra

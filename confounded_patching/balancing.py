@@ -178,9 +178,10 @@ def gamma_max(G) -> np.ndarray:
 class _Dense:
     """``G`` given as a tensor ``[B, m, p]``."""
 
-    def __init__(self, G: torch.Tensor):
+    def __init__(self, G: torch.Tensor, offset: torch.Tensor | None = None):
         self.G = G
         self.B, self.m, self.p = G.shape
+        self.offset = offset  # log base weights [B, m] or None
 
     def scores(self, lam):  # -G lam, [B, m]
         return -torch.bmm(self.G, lam.unsqueeze(-1)).squeeze(-1)
@@ -192,7 +193,7 @@ class _Dense:
         return self.G if idx is None else self.G[idx]
 
     def subset(self, idx):
-        return _Dense(self.G[idx])
+        return _Dense(self.G[idx], None if self.offset is None else self.offset[idx])
 
 
 class _Factored:
@@ -212,6 +213,7 @@ class _Factored:
             self.sq = s - s.mean(-2, keepdim=True)
         self.z = z
         self.B, self.m, self.dz = z.shape
+        self.offset = None
         self.dq = q.shape[-1]
         self.squares = squares
         self.lay = feature_layout(self.dq, self.dz, squares=squares)
@@ -316,12 +318,22 @@ def _certificate(op, lam, gamma):
     return (lhs - rhs > scale) & (lam.abs().sum(-1) > 0)
 
 
+def _with_offset(op, s):
+    return s if op.offset is None else s + op.offset
+
+
 def _soft(x, t):
     return torch.sign(x) * (x.abs() - t).clamp_min(0)
 
 
 def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
-    """Batched FISTA with backtracking, step relaxation and gradient restart."""
+    """Batched FISTA with backtracking, step relaxation and gradient restart.
+
+    The sufficient-decrease test uses ``f(x) - f(y) = log1p(sum_i w_i
+    expm1(ds_i))`` with ``ds = s(x - y)`` (scores are linear in lam), which
+    is accurate to the size of the step even in float32, unlike the
+    difference of two log-sum-exps.
+    """
     B = lam.shape[0]
     dev, dt = lam.device, lam.dtype
     status = ["max_iter"] * B
@@ -333,31 +345,34 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
     y = x.clone()
     t = torch.ones(B, dtype=dt, device=dev)
     L = torch.ones(B, dtype=dt, device=dev)
+    slack = 50 * torch.finfo(dt).eps
 
-    def value(o, v):
-        return _lse(o.scores(v))
+    def logw_grad(o, v):
+        s = _with_offset(o, o.scores(v))
+        logw = torch.log_softmax(s, dim=-1)
+        return logw, -o.moments(torch.exp(logw))
 
-    def value_grad(o, v):
-        s = o.scores(v)
-        f = _lse(s)
-        w = torch.softmax(s, dim=-1)
-        return f, -o.moments(w)
+    def decrease(o, logw, d):  # f(y + d) - f(y) = log sum_i w_i exp(ds_i), accurate for small steps
+        ds = o.scores(d)
+        small = torch.log1p((torch.exp(logw) * torch.expm1(ds.clamp(max=30.0))).sum(-1))
+        big = torch.logsumexp(logw + ds, dim=-1)
+        return torch.where(ds.amax(-1) < 30.0, small, big)
 
-    f_y, g_y = value_grad(cur_op, y)
+    logw_y, g_y = logw_grad(cur_op, y)
     for it in range(1, max_iter + 1):
-        # backtracking on the active problems whose quadratic model fails
         x_new = _soft(y - g_y / L[:, None], g_act / L[:, None])
-        f_new = value(cur_op, x_new)
-        for _ in range(60):
-            d = x_new - y
-            bound = f_y + (g_y * d).sum(-1) + 0.5 * L * (d * d).sum(-1)
-            bad = f_new > bound + 1e-12 * f_y.abs().clamp_min(1.0)
+        d = x_new - y
+        df = decrease(cur_op, logw_y, d)
+        for _ in range(40):
+            model = (g_y * d).sum(-1) + 0.5 * L * (d * d).sum(-1)
+            bad = df > model + slack * (g_y.abs() * d.abs()).sum(-1)
             if not bool(bad.any()):
                 break
             idx = torch.nonzero(bad).flatten()
             L[idx] = L[idx] * 2.0
             x_new[idx] = _soft(y[idx] - g_y[idx] / L[idx, None], g_act[idx] / L[idx, None])
-            f_new[idx] = value(cur_op.subset(idx), x_new[idx])
+            d[idx] = x_new[idx] - y[idx]
+            df[idx] = decrease(cur_op.subset(idx), logw_y[idx], d[idx])
         # gradient restart (O'Donoghue & Candes): momentum against the step
         restart = ((y - x_new) * (x_new - x)).sum(-1) > 0
         t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
@@ -366,11 +381,11 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
         y = x_new + beta[:, None] * (x_new - x)
         x = x_new
         L = L * 0.9
-        f_y, g_y = value_grad(cur_op, y)
+        logw_y, g_y = logw_grad(cur_op, y)
 
         if it % check_every and it != max_iter:
             continue
-        _, g_x = value_grad(cur_op, x)
+        _, g_x = logw_grad(cur_op, x)
         done = _kkt_residual(g_x, x, g_act) <= tol
         infeasible = _certificate(cur_op, x, g_act) & ~done
         stop = done | infeasible
@@ -386,7 +401,7 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
             break
         cur_op = cur_op.subset(keep)
         g_act, x, y, t, L = g_act[keep], x[keep], y[keep], t[keep], L[keep]
-        f_y, g_y = f_y[keep], g_y[keep]
+        logw_y, g_y = logw_y[keep], g_y[keep]
     if active.numel():
         out[active] = x
     return _Solution(out, status, n_iter)
@@ -399,11 +414,12 @@ def _newton(op, lam, *, max_iter, tol, ridge=1e-10):
     n_iter = torch.zeros(B, dtype=torch.long)
     lam = lam.clone()
     G = op.dense()
+    off = torch.zeros(B, G.shape[1], dtype=G.dtype, device=G.device) if op.offset is None else op.offset
     active = torch.arange(B, device=lam.device)
     zero = torch.zeros_like(lam)
     for it in range(max_iter + 1):
-        Ga, la = G[active], lam[active]
-        s = -torch.bmm(Ga, la.unsqueeze(-1)).squeeze(-1)
+        Ga, la, oa = G[active], lam[active], off[active]
+        s = -torch.bmm(Ga, la.unsqueeze(-1)).squeeze(-1) + oa
         f = _lse(s)
         w = torch.softmax(s, dim=-1)
         mean = torch.bmm(w.unsqueeze(1), Ga).squeeze(1)  # G^T w, = -grad
@@ -416,7 +432,7 @@ def _newton(op, lam, *, max_iter, tol, ridge=1e-10):
         keep = ~stop
         if not bool(keep.any()) or it == max_iter:
             break
-        Ga, la, s, f, w, mean = Ga[keep], la[keep], s[keep], f[keep], w[keep], mean[keep]
+        Ga, la, oa, s, f, w, mean = Ga[keep], la[keep], oa[keep], s[keep], f[keep], w[keep], mean[keep]
         active = active[keep]
         H = torch.bmm(Ga.transpose(1, 2) * w.unsqueeze(1), Ga) - mean.unsqueeze(-1) * mean.unsqueeze(-2)
         scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
@@ -429,7 +445,7 @@ def _newton(op, lam, *, max_iter, tol, ridge=1e-10):
         alpha = torch.ones_like(f)
         for _ in range(60):
             cand = la + alpha[:, None] * step
-            f_c = _lse(-torch.bmm(Ga, cand.unsqueeze(-1)).squeeze(-1))
+            f_c = _lse(-torch.bmm(Ga, cand.unsqueeze(-1)).squeeze(-1) + oa)
             bad = f_c > f + 1e-4 * alpha * slope + 1e-13 * f.abs().clamp_min(1.0)
             if not bool(bad.any()):
                 break
@@ -487,11 +503,14 @@ class EntropyBalancer:
 
     # -- public --------------------------------------------------------------
 
-    def fit(self, G, *, lambda_init=None):
+    def fit(self, G, *, base_weights=None, lambda_init=None):
         """Balance the columns of ``G`` (``[m, p]`` or batched ``[B, m, p]``). Returns ``self``.
 
-        ``lambda_init`` (``[p]`` or ``[B, p]``) warm-starts the solver, e.g.
-        from the previous point of a gamma path.
+        ``base_weights`` (positive, ``[m]`` or ``[B, m]``) replaces the
+        uniform reference: the weights minimise the KL divergence to them
+        (``w_i ~ base_i exp(-lam^T g_i)``). ``lambda_init`` (``[p]`` or
+        ``[B, p]``) warm-starts the solver, e.g. from the previous point of a
+        gamma path.
         """
         self._check_params()
         Gt = _as_tensor("G", G, dtype=self.dtype, device=self.device, ndims=(2, 3))
@@ -499,7 +518,15 @@ class EntropyBalancer:
         Gt = Gt if batched else Gt.unsqueeze(0)
         if Gt.shape[1] < 2:
             raise InputError(f"G must have at least 2 rows; received {describe(G)}")
-        op = _Dense(Gt)
+        offset = None
+        if base_weights is not None:
+            bw = _as_tensor("base_weights", base_weights, dtype=self.dtype, device=self.device, ndims=(1, 2))
+            bw = bw if bw.ndim == 2 else bw.unsqueeze(0)
+            if bw.shape[-1] != Gt.shape[1] or bw.shape[0] not in (1, Gt.shape[0]) or bool((bw <= 0).any()):
+                raise InputError(f"base_weights must be positive with one entry per row of G ({Gt.shape[1]}); "
+                                 f"received {describe(base_weights)}")
+            offset = torch.log(bw).expand(Gt.shape[0], -1).contiguous()
+        op = _Dense(Gt, offset)
         return self._solve(op, batched, numpy_out=not isinstance(G, torch.Tensor), lambda_init=lambda_init)
 
     def fit_factored(self, q, z, *, squares: bool = True, standardize: bool = True, lambda_init=None):
@@ -571,8 +598,8 @@ class EntropyBalancer:
         if use_newton and not smooth:
             raise InputError("solver='newton' needs gamma = 0 everywhere; received positive gamma entries")
         # lam = 0 is optimal where uniform weights already satisfy every tolerance
-        w0 = torch.full((op.B, op.m), 1.0 / op.m, dtype=self.dtype, device=self.device)
-        trivial = ((op.moments(w0).abs() - gamma) <= 0).all(-1)
+        w0 = torch.softmax(_with_offset(op, torch.zeros(op.B, op.m, dtype=self.dtype, device=self.device)), -1)
+        trivial = ((op.moments(w0).abs() - gamma) <= 1e-12 * (1 + gamma)).all(-1)
         sol = _Solution(torch.where(trivial[:, None], torch.zeros_like(lam0), lam0),
                         ["converged"] * op.B, torch.zeros(op.B, dtype=torch.long))
         todo = torch.nonzero(~trivial).flatten()
@@ -590,7 +617,7 @@ class EntropyBalancer:
         return self
 
     def _set_attributes(self, op, sol, gamma, batched, numpy_out):
-        s = op.scores(sol.lam)
+        s = _with_offset(op, op.scores(sol.lam))
         w = torch.softmax(s, dim=-1)
         mom = op.moments(w)
         conv = lambda t: t.cpu().numpy() if numpy_out else t  # noqa: E731

@@ -44,6 +44,7 @@ Example::
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -51,6 +52,7 @@ import numpy as np
 import torch
 
 from .errors import InputError, describe
+from .balancing import EntropyBalancer
 from .results import Result
 from .topics import _standardize, confounder_features, pca
 from .weighting import RatioModel, fit_eb, fit_gaussian, fit_topic_gaussian, gamma_max_products
@@ -66,25 +68,39 @@ FEATURES = ("squares", "paper")
 # ----------------------------------------------------------------------------- results
 
 
+_PER_NODE = ("value", "ci_low", "ci_high", "se", "gamma", "gamma_max", "gamma_noise", "ess", "pair_ess", "imbalance",
+             "winsorized")
+_SHARED = ("gamma_x", "ess_x", "imbalance_x", "status_x", "n", "K", "variant", "estimator", "weights", "features",
+           "adjusted", "winsorize", "calibrated")
+
+
 @dataclass(frozen=True)
 class AIEResult(Result):
     """The AIE of one node, with its interval and diagnostics.
 
     Attributes:
-        value: AIE estimate, in units of the outcome.
-        ci_low, ci_high: bootstrap percentile interval over prompts.
+        value: AIE estimate, in units of the outcome (``nan`` when a weight
+            model is infeasible).
+        ci_low, ci_high: bootstrap percentile interval over prompts (weights
+            held fixed, the same resampled prompts for every node).
         se: bootstrap standard deviation.
-        gamma: tolerance on the product columns of the node's weight model
+        gamma: tolerance on the node's product columns ``q outer n``
             (``nan`` for parametric weights).
-        ess: effective sample size ``(sum pi)^2 / sum pi^2`` of the node's weights.
+        gamma_max: largest |mean| of those columns under uniform weights
+            (above it the node's model is uniform).
+        gamma_noise: their noise level (``nan`` unless ``gamma="auto"``).
+        ess: effective sample size ``(sum pi)^2 / sum pi^2`` of the node's
+            weights ``pi_nx`` (out of ``n``).
+        pair_ess: effective sample size of the pair weights ``w_ij`` as a
+            share of ``n K``.
         imbalance: ``||G^T w||_inf`` of the node's weights.
-        status: solver status of the node's weights (``converged``,
-            ``max_iter``, ``infeasible``); ``value`` is ``nan`` when infeasible.
-        winsorized: share of pair terms clipped by the winsorization.
+        status: solver status of the node's weights: ``converged``,
+            ``max_iter`` or ``infeasible``.
+        winsorized: share of terms clipped by the winsorization.
         gamma_x, ess_x, imbalance_x, status_x: the same for ``pi_x`` (``nan``
             / ``"none"`` when unadjusted).
         n: prompts; K: partners per prompt.
-        variant, estimator, weights, features: the settings used.
+        variant, estimator, weights, features, winsorize: the settings used.
         adjusted: whether a confounder was balanced.
     """
 
@@ -93,7 +109,10 @@ class AIEResult(Result):
     ci_high: float
     se: float
     gamma: float
+    gamma_max: float
+    gamma_noise: float
     ess: float
+    pair_ess: float
     imbalance: float
     status: str
     winsorized: float
@@ -108,20 +127,23 @@ class AIEResult(Result):
     weights: str
     features: str
     adjusted: bool
+    winsorize: float = 0.0
+    calibrated: bool = False
     kind: str = "aie"
 
 
 @dataclass(frozen=True)
 class AIETable(Result):
-    """AIEs of many nodes: one entry per node in every array field.
+    """AIEs of many nodes: entry ``i`` of every per-node field belongs to node ``i``.
 
-    Fields mirror :class:`AIEResult` (``value``, ``ci_low``, ``ci_high``,
-    ``se``, ``gamma``, ``ess``, ``imbalance``, ``status``, ``winsorized``
-    per node; ``gamma_x`` ... ``adjusted`` shared). ``boot`` holds the
-    bootstrap replicates ``[n_nodes, n_boot]``, computed with the same
-    resampled prompts for every node, so differences between nodes can be
-    bootstrapped too. ``table[i]`` is node ``i``'s :class:`AIEResult`;
-    ``to_dataframe()`` gives one row per node.
+    Per-node fields (numpy arrays, ``status`` a list) are those of
+    :class:`AIEResult`: ``value``, ``ci_low``, ``ci_high``, ``se``,
+    ``gamma``, ``gamma_max``, ``gamma_noise``, ``ess``, ``pair_ess``,
+    ``imbalance``, ``status``, ``winsorized``. ``boot`` holds the bootstrap
+    replicates ``[n_nodes, n_boot]``, computed from the same resampled
+    prompts for every node, so contrasts between nodes can be bootstrapped
+    too. The other fields are shared. ``table[i]`` is node ``i``'s
+    :class:`AIEResult`; ``to_dataframe()`` gives one row per node.
     """
 
     value: np.ndarray
@@ -129,7 +151,10 @@ class AIETable(Result):
     ci_high: np.ndarray
     se: np.ndarray
     gamma: np.ndarray
+    gamma_max: np.ndarray
+    gamma_noise: np.ndarray
     ess: np.ndarray
+    pair_ess: np.ndarray
     imbalance: np.ndarray
     status: list
     winsorized: np.ndarray
@@ -145,6 +170,8 @@ class AIETable(Result):
     weights: str
     features: str
     adjusted: bool
+    winsorize: float = 0.0
+    calibrated: bool = False
     gamma_rule: dict = field(default_factory=dict)
     kind: str = "aie_table"
 
@@ -153,24 +180,20 @@ class AIETable(Result):
 
     def __getitem__(self, i: int) -> AIEResult:
         i = range(len(self))[i]
-        per = {k: getattr(self, k)[i] for k in ("value", "ci_low", "ci_high", "se", "gamma", "ess", "imbalance",
-                                                 "winsorized")}
-        per = {k: float(v) for k, v in per.items()}
-        shared = {k: getattr(self, k) for k in ("gamma_x", "ess_x", "imbalance_x", "status_x", "n", "K", "variant",
-                                                 "estimator", "weights", "features", "adjusted")}
+        per = {k: float(getattr(self, k)[i]) for k in _PER_NODE}
+        shared = {k: getattr(self, k) for k in _SHARED}
         return AIEResult(status=self.status[i], **per, **shared)
 
     def to_dataframe(self, nodes: Sequence | None = None):
-        """Long-form table, one row per node (``node`` column from ``nodes`` if given)."""
+        """Long-form table, one row per node (``node`` column from ``nodes`` if given, else 0..n-1)."""
         import pandas as pd
 
-        cols = {"value": self.value, "ci_low": self.ci_low, "ci_high": self.ci_high, "se": self.se,
-                "gamma": self.gamma, "ess": self.ess, "imbalance": self.imbalance, "status": self.status,
-                "winsorized": self.winsorized}
-        df = pd.DataFrame(cols)
+        if nodes is not None and len(nodes) != len(self):
+            raise InputError(f"nodes must have one entry per row ({len(self)}); received {describe(nodes)}")
+        df = pd.DataFrame({k: getattr(self, k) for k in _PER_NODE})
+        df.insert(len(df.columns), "status", self.status)
         df.insert(0, "node", [str(n) for n in nodes] if nodes is not None else np.arange(len(self)))
-        for k in ("gamma_x", "ess_x", "status_x", "n", "K", "variant", "estimator", "weights", "features",
-                  "adjusted"):
+        for k in _SHARED:
             df[k] = getattr(self, k)
         return df
 
@@ -216,72 +239,128 @@ def _check_pairs(pairs, m: int) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class GammaRule:
-    """The ``gamma="auto"`` rule (see :func:`select_gamma`), with its knobs.
+    """The ``gamma="auto"`` rule (see :func:`select_gamma`) and its knobs.
 
     Attributes:
-        ess_floor: smallest acceptable ESS as a share of ``m``.
         ratio: geometric step of the path ``gamma_t = gamma_max * ratio^t``.
-        n_steps: path length.
-        floor_sd: smallest gamma, in units of ``1/sqrt(m)``.
+        n_steps: longest path.
+        pair_ess_floor: stop before the pair weights' effective sample size
+            falls below this share of its value at the top of the path.
+        noise_floor: never go below the noise level of the product columns
+            (their largest |mean| after randomly permuting the node's rows,
+            median over ``n_perm`` permutations).
+        n_perm: permutations for the noise level.
     """
 
-    ess_floor: float = 0.1
-    ratio: float = 0.7
-    n_steps: int = 12
-    floor_sd: float = 0.5
+    ratio: float = 0.8
+    n_steps: int = 16
+    pair_ess_floor: float = 0.2
+    noise_floor: bool = True
+    n_perm: int = 5
 
     def to_dict(self) -> dict:
-        return {"rule": "ess_floor", "ess_floor": self.ess_floor, "ratio": self.ratio, "n_steps": self.n_steps,
-                "floor_sd": self.floor_sd}
+        return {"rule": "pair_ess_floor+noise_floor", "ratio": self.ratio, "n_steps": self.n_steps,
+                "pair_ess_floor": self.pair_ess_floor, "noise_floor": self.noise_floor, "n_perm": self.n_perm}
 
 
-def gamma_path(gmax: torch.Tensor, m: int, rule: GammaRule) -> torch.Tensor:
-    """Decreasing product tolerances ``[B, n_steps]`` from just below ``gamma_max`` to the floor."""
-    t = torch.arange(1, rule.n_steps + 1, dtype=gmax.dtype)
-    path = gmax[:, None] * rule.ratio ** t[None, :]
-    return path.clamp_min(rule.floor_sd / math.sqrt(m))
+def noise_level(q: torch.Tensor, n: torch.Tensor, n_perm: int = 5, seed: int = 0) -> torch.Tensor:
+    """Largest |mean| of the products ``q outer n`` when ``n``'s rows are permuted (median of ``n_perm``): [B]."""
+    n = n if n.ndim == 3 else n.unsqueeze(0)
+    gen = torch.Generator().manual_seed(int(seed))
+    levels = [gamma_max_products(q, n[:, torch.randperm(q.shape[0], generator=gen)]) for _ in range(n_perm)]
+    return torch.stack(levels).median(0).values
 
 
-def select_gamma(q, z, rule: GammaRule, *, squares: bool, tol: float, max_iter: int):
-    """Fit EB ratio models along a gamma path and keep, per problem, the smallest acceptable gamma.
+def _pair_ess(log_pi_x, dx, dnx):
+    """Effective sample size of the pair weights ``w_ij`` as a share of ``m K``: [B]."""
+    logw = log_pi_x[None, :, None] + dx[None] - dnx
+    logw = logw.flatten(1)
+    lse1 = torch.logsumexp(logw, 1)
+    lse2 = torch.logsumexp(2 * logw, 1)
+    return torch.exp(2 * lse1 - lse2) / logw.shape[1]
 
-    Rule (``GammaRule``): walk ``gamma_t = gamma_max * ratio^t`` downward
-    (``gamma = 0`` on the marginal columns, ``gamma_t`` on the products),
-    warm-starting each solve from the previous one. A point is acceptable
-    while its status is ``converged`` and its ESS is at least ``ess_floor *
-    m``; the last acceptable point is kept. If none is, the first path point
-    is kept (with its status and ESS reported).
+
+def _prod_gamma(g: torch.Tensor, d_n: int, kx: int, gamma_x: float) -> torch.Tensor:
+    """Per-z-column product tolerance: ``g`` on ``q outer n``, ``gamma_x`` on ``q outer x``."""
+    B = g.shape[0]
+    cols = [g[:, None].expand(B, d_n)]
+    if kx:
+        cols.append(torch.full((B, kx), float(gamma_x), dtype=g.dtype))
+    return torch.cat(cols, 1)
+
+
+def select_gamma(q, n, x, gamma_x, log_pi_x, dx, J, rule: GammaRule, *, squares: bool, tol: float,
+                 max_iter: int, seed: int = 0):
+    """Entropy-balancing node models with gamma chosen per node by the ``"auto"`` rule.
+
+    Rule: walk the product tolerance down ``gamma_t = gamma_max * ratio^t``
+    (``t = 0, 1, ...``; ``gamma_max`` = largest |mean| of the ``q outer n``
+    columns), with ``gamma = 0`` on the marginal columns ``q, q^2, n, x`` and
+    the confounder model's ``gamma_x`` on ``q outer x``, warm-starting each
+    solve. Keep the last point of the contiguous run from ``t = 0`` where
+
+    1. the solver converged (not infeasible, not ``max_iter``),
+    2. ``gamma_t`` is at least the noise level of the product columns
+       (:func:`noise_level`; balancing below it only fits noise), and
+    3. the pair weights' effective sample size is at least
+       ``pair_ess_floor`` times its value at ``t = 0``.
+
+    At ``t = 0`` the node's products are (nearly) unconstrained, so the AIE
+    is (nearly) 0: the rule moves away from 0 only as far as the weights
+    stay stable. Chosen by measurement against planted truth
+    (``docs/estimator.md``, ``benchmarks/accuracy.py``).
 
     Returns:
-        (model, path): the selected :class:`RatioModel` and a dict of the
-        path (``gamma``, ``ess``, ``status`` per step) for diagnostics.
+        (model, info): the selected :class:`RatioModel` and per-node arrays
+        ``gamma_max``, ``gamma_noise``, ``pair_ess`` (at the selected point)
+        and ``steps`` (index of the selected point).
     """
-    B, m, _ = z.shape
-    gmax = gamma_max_products(q, z)
-    path = gamma_path(gmax, m, rule)
-    chosen, lam = None, None
-    ok_any = torch.zeros(B, dtype=torch.bool)
-    hist_ess, hist_ok = [], []
-    for t in range(path.shape[1]):
-        model = fit_eb(q, z, path[:, t], squares=squares, tol=tol, max_iter=max_iter, lambda_init=lam)
-        lam = torch.where(torch.tensor([s == "infeasible" for s in model.status])[:, None],
-                          lam if lam is not None else torch.zeros_like(model.lam), model.lam)
-        ok = torch.tensor([s == "converged" for s in model.status]) & (model.ess >= rule.ess_floor * m)
-        ok = ok & (ok_any | (t == 0)) if False else ok
-        hist_ess.append(model.ess.clone())
-        hist_ok.append(ok.clone())
-        if chosen is None:
-            chosen = model
-        else:
-            take = ok & still_going
-            chosen = _merge(chosen, model, take)
-        still_going = ok if t == 0 else still_going & ok
-        ok_any |= ok
-        if not bool(still_going.any()):
+    B, m, d_n = n.shape
+    kx = 0 if x is None else x.shape[1]
+    z = n if x is None else torch.cat([n, x.expand(B, -1, -1)], -1)
+    gmax = gamma_max_products(q, n)
+    floor = noise_level(q, n, rule.n_perm, seed) if rule.noise_floor else torch.zeros_like(gmax)
+    q64 = q.double()
+    chosen, lam, ref, steps, pess_sel = None, None, None, torch.zeros(B, dtype=torch.long), None
+    going = torch.ones(B, dtype=torch.bool)
+    for t in range(rule.n_steps + 1):
+        g = gmax * rule.ratio ** t
+        model = fit_eb(q, z, _prod_gamma(g, d_n, kx, gamma_x), squares=squares, tol=tol, max_iter=max_iter,
+                       lambda_init=lam)
+        conv = torch.tensor([st == "converged" for st in model.status])
+        lam = model.lam if lam is None else torch.where(conv[:, None], model.lam, lam)
+        pess = _pair_ess(log_pi_x, dx, _eb_log_ratio(model, q64, J, None))
+        if t == 0:
+            chosen, ref, pess_sel = model, pess.clone(), pess.clone()
+            going = conv & (g >= floor)
+            continue
+        ok = going & conv & (g >= floor) & (pess >= rule.pair_ess_floor * ref)
+        chosen = _merge(chosen, model, ok)
+        pess_sel = torch.where(ok, pess, pess_sel)
+        steps = torch.where(ok, torch.full_like(steps, t), steps)
+        going = ok
+        if not bool(going.any()):
             break
-    info = {"gamma_max": gmax, "path": path[:, : len(hist_ess)], "ess": torch.stack(hist_ess, 1),
-            "ok": torch.stack(hist_ok, 1)}
+    info = {"gamma_max": gmax, "gamma_noise": floor, "pair_ess": pess_sel, "steps": steps}
     return chosen, info
+
+
+def select_gamma_x(q, x, rule: GammaRule, *, squares: bool, tol: float, max_iter: int, seed: int = 0):
+    """The confounder model ``pi_x`` with the smallest converged gamma on the path that is above the noise level."""
+    gmax = gamma_max_products(q, x.unsqueeze(0))
+    floor = noise_level(q, x, rule.n_perm, seed) if rule.noise_floor else torch.zeros_like(gmax)
+    chosen, lam = None, None
+    for t in range(rule.n_steps + 1):
+        g = gmax * rule.ratio ** t
+        if t and bool((g < floor).all()):
+            break
+        model = fit_eb(q, x.unsqueeze(0), g, squares=squares, tol=tol, max_iter=max_iter, lambda_init=lam)
+        if model.status[0] != "converged":
+            if chosen is None:
+                chosen = model
+            break
+        chosen, lam = model, model.lam
+    return chosen, {"gamma_max": gmax, "gamma_noise": floor}
 
 
 def _merge(old: RatioModel, new: RatioModel, take: torch.Tensor) -> RatioModel:
@@ -289,7 +368,7 @@ def _merge(old: RatioModel, new: RatioModel, take: torch.Tensor) -> RatioModel:
     return RatioModel(
         torch.where(t1, new.a, old.a), torch.where(take[:, None, None], new.U, old.U),
         torch.where(t1, new.log_pi, old.log_pi),
-        [n if bool(tk) else o for o, n, tk in zip(old.status, new.status, take)],
+        [nw if bool(tk) else o for o, nw, tk in zip(old.status, new.status, take)],
         torch.where(take, new.gamma, old.gamma), torch.where(take, new.ess, old.ess),
         torch.where(take, new.imbalance, old.imbalance), torch.where(take, new.n_iter, old.n_iter),
         torch.where(t1, new.lam, old.lam))
@@ -327,12 +406,13 @@ class _Stats:
     winsorized: torch.Tensor  # [B]
 
 
-def _pair_stats(log_pi_x, dx, dnx, y, rows, *, variant, estimator, winsorize, counts) -> _Stats:
+def _pair_stats(log_pi_x, dx, dnx, y, rows, *, variant, estimator, winsorize, counts, calib=None) -> _Stats:
     """AIE and its bootstrap from the log ratios of the pairs.
 
     log_pi_x: [m] log pi_x,i (zeros when unadjusted); dx: [m', K] log R^x (zeros when unadjusted);
-    dnx: [B, m', K] = s_nx(q_j, z_i) - s_nx(q_i, z_i) = -log R^nx; rows: the m' prompts the terms cover.
-    counts: [n_boot, m] bootstrap multiplicities of the prompts.
+    dnx: [B, m', K] = s_nx(q_j, z_i) - s_nx(q_i, z_i) = -log R^nx; rows: the m' prompts the terms cover
+    (all prompts for Hajek). counts: [n_boot, m] bootstrap multiplicities of the prompts.
+    calib: [B, m, h] additive features for the calibration of the Hajek weights (None: no calibration).
     """
     m = y.shape[0]
     lp, yr = log_pi_x[rows], y[rows]
@@ -349,19 +429,39 @@ def _pair_stats(log_pi_x, dx, dnx, y, rows, *, variant, estimator, winsorize, co
         value = row_mean.sum(1) / m
         boot = row_mean @ counts.T / m
         return _Stats(value, boot, share)
-    # Hajek: sum_ij w_ij y_i / sum_ij w_ij - sum_i pi_i y_i / sum_i pi_i (rows = all prompts)
+    # Hajek: sum_ij w_ij y_i / sum_ij w_ij - sum_i pi_i y_i / sum_i pi_i, with w_ij = pi_i R_ij;
+    # only the per-prompt totals W_i = sum_j w_ij enter.
     logw = (lp[:, None] + dx - dnx).clamp(max=cap)
     B, mr, K = logw.shape
     logw, share = _winsorize(logw.reshape(B, mr * K), winsorize)
-    logw = logw.reshape(B, mr, K)
-    shift = logw.amax((1, 2), keepdim=True)
-    w = torch.exp(logw - shift)
-    den = w.sum(-1)  # [B, m]
-    num = den * y[None, :]
+    logW = torch.logsumexp(logw.reshape(B, mr, K), -1)  # [B, m]
     pi = torch.exp(lp - lp.max())
-    value = (num.sum(1) / den.sum(1)) - (pi * y).sum() / pi.sum()
-    boot = (num @ counts.T) / (den @ counts.T) - ((counts @ (pi * y)) / (counts @ pi))[None, :]
+    if calib is not None:
+        logW = _calibrate(logW, pi, calib)
+    W = torch.exp(logW - logW.amax(1, keepdim=True))
+    value = (W @ y) / W.sum(1) - (pi * y).sum() / pi.sum()
+    boot = ((W * y) @ counts.T) / (W @ counts.T) - ((counts @ (pi * y)) / (counts @ pi))[None, :]
     return _Stats(value, boot, share)
+
+
+def _calibrate(logW: torch.Tensor, pi: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Tilt the pair-weight totals ``W_i`` so their weighted means of ``H`` equal those of the baseline ``pi``.
+
+    In the population the cross-world weights are orthogonal to every
+    outcome additive in ``q`` and ``(n, x)``; regularised weight models are
+    not, which biases the AIE of additive outcomes. The tilt is an exact
+    entropy balance of ``H = [q, q^2, n, n^2, x]`` with base weights ``W``
+    and targets the ``pi``-weighted means (a no-op in the population).
+    Problems whose balance is infeasible keep their untilted totals.
+    """
+    target = (pi[:, None] * H).sum(1, keepdim=True) / pi.sum() if H.ndim == 2 else \
+        (pi[None, :, None] * H).sum(1, keepdim=True) / pi.sum()
+    G = H - target
+    base = torch.exp(logW - logW.amax(1, keepdim=True))
+    eb = EntropyBalancer(0.0, tol=1e-8, max_iter=100, dtype=torch.float64).fit(G, base_weights=base)
+    ok = torch.tensor([s == "converged" for s in eb.status_])
+    tilted = torch.log(eb.weights_.clamp_min(1e-300))
+    return torch.where(ok[:, None], tilted, logW)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -438,7 +538,7 @@ def _check_size(m: int, d_q: int, d_z: int):
 def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="auto", gamma_x="auto",
              variant: str = "eq2", estimator: str = "ht", weights: str = "eb", features: str = "squares",
              d_q: int = 25, d_n: int = 25, winsorize: float | None = 0.05, n_boot: int = 200, ci: float = 0.95,
-             pairs=None, seed: int = 0, confounder_kind: str = "auto", chunk_size: int = 64,
+             pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", chunk_size: int = 64,
              dtype=torch.float32, tol: float | None = None, max_iter: int = 3000,
              gamma_rule: GammaRule | None = None) -> AIETable:
     """AIE of every node, with the EB problems solved batched across nodes.
@@ -481,6 +581,11 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
     features = _choice("features", features, FEATURES)
     if variant == "algorithm1" and estimator != "ht":
         raise InputError("variant='algorithm1' reproduces the paper's printed HT form; estimator must be 'ht'")
+    if calibrate not in ("auto", True, False):
+        raise InputError(f"calibrate must be 'auto', True or False; received {describe(calibrate)}")
+    if calibrate is True and estimator != "hajek":
+        raise InputError("calibrate=True applies to estimator='hajek'; received estimator='ht'")
+    calibrate = estimator == "hajek" if calibrate == "auto" else calibrate
     for name, v in (("gamma", gamma), ("gamma_x", gamma_x)):
         if not (v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and
                                 math.isfinite(v))):
@@ -518,39 +623,57 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
     # pi_x: one problem shared by every node
     log_f_q = None
     if adjusted:
-        xmodel, log_f_q = _fit_x(q, x, confounder, confounder_kind, weights, gamma_x, rule, squares, tol, max_iter)
+        xmodel, log_f_q = _fit_x(q, x, confounder, confounder_kind, weights, gamma_x, rule, squares, tol, max_iter,
+                                 seed)
         log_pi_x = xmodel.log_pi[0].to(torch.float64)
-        dx = _eb_log_ratio(xmodel, q64, J, rows)[0]
-        diag_x = (float(xmodel.gamma[0]), float(xmodel.ess[0]), float(xmodel.imbalance[0]), xmodel.status[0])
+        dx_all = _eb_log_ratio(xmodel, q64, J, None)[0]
+        gx = float(xmodel.gamma[0])
+        diag_x = (gx, float(xmodel.ess[0]), float(xmodel.imbalance[0]), xmodel.status[0])
+        if xmodel.status[0] == "converged" and float(xmodel.ess[0]) < 0.1 * m:
+            warnings.warn(f"the confounder model pi_x has ESS {float(xmodel.ess[0]):.0f} of {m} prompts: the topics "
+                          "barely overlap in query space, so the adjusted AIE rests on extrapolation", stacklevel=2)
     else:
+        gx = 0.0
         log_pi_x = torch.zeros(m, dtype=torch.float64)
-        dx = torch.zeros(len(rows), J.shape[1], dtype=torch.float64)
+        dx_all = torch.zeros(m, J.shape[1], dtype=torch.float64)
         diag_x = (float("nan"), float("nan"), float("nan"), "none")
+    dx = dx_all[rows]
 
-    out = {k: [] for k in ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "status")}
+    keys = ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "pair_ess", "gamma_max", "gamma_noise")
+    out = {k: [] for k in keys + ("status",)}
     for chunk in _chunks(node_list, chunk_size):
         acts = torch.stack([_matrix(f"nodes[{i}]", node_list[i], m) for i in chunk])
-        n = _coords("nodes", acts, d_n, seed).to(dtype)
-        z = torch.cat([n, x.expand(len(chunk), -1, -1)], -1) if adjusted else n
+        n64 = _coords("nodes", acts, d_n, seed)
+        n = n64.to(dtype)
+        B = len(chunk)
+        z = torch.cat([n, x.expand(B, -1, -1)], -1) if adjusted else n
+        gmax = gamma_max_products(q, n)
+        noise = torch.full((B,), float("nan"), dtype=dtype)
         if weights == "parametric":
             model = fit_gaussian(q, z, log_f_q=None if log_f_q is None else log_f_q.to(dtype), squares=squares)
         elif gamma == "auto":
-            model, _ = select_gamma(q, z, rule, squares=squares, tol=tol, max_iter=max_iter)
+            model, info = select_gamma(q, n, x, gx, log_pi_x, dx_all, J, rule, squares=squares, tol=tol,
+                                       max_iter=max_iter, seed=seed)
+            noise = info["gamma_noise"]
         else:
-            model = fit_eb(q, z, torch.full((len(chunk),), float(gamma), dtype=dtype), squares=squares, tol=tol,
-                           max_iter=max_iter)
+            g = _prod_gamma(torch.full((B,), float(gamma), dtype=dtype), n.shape[2], kx, gx)
+            model = fit_eb(q, z, g, squares=squares, tol=tol, max_iter=max_iter)
         dnx = _eb_log_ratio(model, q64, J, rows)
+        pess = _pair_ess(log_pi_x[rows], dx, dnx)
+        calib = _additive_features(q64, n64, x) if calibrate else None
         st = _pair_stats(log_pi_x, dx, dnx, y, rows, variant=variant, estimator=estimator, winsorize=winsorize,
-                         counts=counts)
+                         counts=counts, calib=calib)
         bad = torch.tensor([s == "infeasible" for s in model.status]) | torch.tensor(diag_x[3] == "infeasible")
         st.value[bad] = float("nan")
-        for k, v in (("value", st.value), ("boot", st.boot), ("winsorized", st.winsorized),
-                     ("gamma", model.gamma), ("ess", model.ess), ("imbalance", model.imbalance)):
+        for k, v in (("value", st.value), ("boot", st.boot), ("winsorized", st.winsorized), ("gamma", model.gamma),
+                     ("ess", model.ess), ("imbalance", model.imbalance), ("pair_ess", pess), ("gamma_max", gmax),
+                     ("gamma_noise", noise)):
             out[k].append(v.detach().to(torch.float64).cpu())
         out["status"] += list(model.status)
+    cat = {k: torch.cat(out[k]).numpy() for k in keys}
 
-    value = torch.cat(out["value"]).numpy()
-    boot = torch.cat(out["boot"]).numpy() if n_boot else np.zeros((len(value), 0))
+    value = cat["value"]
+    boot = cat["boot"] if n_boot else np.zeros((len(value), 0))
     alpha = (1 - ci) / 2
     if n_boot:
         lo, hi, se = np.quantile(boot, alpha, axis=1), np.quantile(boot, 1 - alpha, axis=1), boot.std(1, ddof=1)
@@ -559,13 +682,13 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
     nan_rows = np.isnan(value)
     lo, hi, se = (np.where(nan_rows, np.nan, a) for a in (lo, hi, se))
     return AIETable(
-        value=value, ci_low=lo, ci_high=hi, se=se,
-        gamma=torch.cat(out["gamma"]).numpy(), ess=torch.cat(out["ess"]).numpy(),
-        imbalance=torch.cat(out["imbalance"]).numpy(), status=out["status"],
-        winsorized=torch.cat(out["winsorized"]).numpy(), boot=boot,
+        value=value, ci_low=lo, ci_high=hi, se=se, gamma=cat["gamma"], ess=cat["ess"], pair_ess=cat["pair_ess"],
+        imbalance=cat["imbalance"], status=out["status"], winsorized=cat["winsorized"],
+        gamma_max=cat["gamma_max"], gamma_noise=cat["gamma_noise"], boot=boot,
         gamma_x=diag_x[0], ess_x=diag_x[1], imbalance_x=diag_x[2], status_x=diag_x[3],
         n=m, K=int(J.shape[1]), variant=variant, estimator=estimator, weights=weights, features=features,
-        adjusted=adjusted, gamma_rule=rule.to_dict() if "auto" in (gamma, gamma_x) else {})
+        adjusted=adjusted, winsorize=float(winsorize or 0.0), calibrated=bool(calibrate),
+        gamma_rule=rule.to_dict() if "auto" in (gamma, gamma_x) else {})
 
 
 def aie(query, node, outcome, confounder=None, *, dtype=torch.float64, **kwargs) -> AIEResult:
@@ -605,6 +728,15 @@ def _chunks(node_list, size):
         yield run
 
 
+def _additive_features(q64, n64, x):
+    """``[q, q^2, n, n^2, x]`` per node, standardized: [B, m, h] (the calibration's balance features)."""
+    B = n64.shape[0]
+    parts = [q64.expand(B, -1, -1), (q64 * q64).expand(B, -1, -1), n64, n64 * n64]
+    if x is not None:
+        parts.append(x.double().expand(B, -1, -1))
+    return _standardize(torch.cat(parts, -1))
+
+
 def _eb_log_ratio(model, q64, J, rows):
     """``s(q_j, z_i) - s(q_i, z_i)`` in float64 for a batch: [B, m', K]."""
     if isinstance(model, RatioModel):
@@ -614,19 +746,17 @@ def _eb_log_ratio(model, q64, J, rows):
     return model.log_ratio(q64, J, rows).double()
 
 
-def _fit_x(q, x, confounder, kind, weights, gamma_x, rule, squares, tol, max_iter):
+def _fit_x(q, x, confounder, kind, weights, gamma_x, rule, squares, tol, max_iter, seed):
     """The confounder's ratio model ``pi_x`` (B = 1) and, for parametric weights, ``log f(q_i)``."""
-    z = x.unsqueeze(0)
     if weights == "parametric":
-        is_labels = x is not None and _is_labels(confounder, kind)
-        if is_labels:
+        if _is_labels(confounder, kind):
             codes = torch.from_numpy(np.unique(np.asarray(confounder).astype(str), return_inverse=True)[1])
             return fit_topic_gaussian(q, codes, x, squares=squares)
-        return fit_gaussian(q, z, squares=squares), None
+        return fit_gaussian(q, x.unsqueeze(0), squares=squares), None
     if gamma_x == "auto":
-        model, _ = select_gamma(q, z, rule, squares=squares, tol=tol, max_iter=max_iter)
+        model, _ = select_gamma_x(q, x, rule, squares=squares, tol=tol, max_iter=max_iter, seed=seed)
     else:
-        model = fit_eb(q, z, torch.tensor([float(gamma_x)], dtype=q.dtype), squares=squares, tol=tol,
+        model = fit_eb(q, x.unsqueeze(0), torch.tensor([float(gamma_x)], dtype=q.dtype), squares=squares, tol=tol,
                        max_iter=max_iter)
     return model, None
 

@@ -121,8 +121,18 @@ def as_metric(metric, tokenizer=None, *, argument: str = "metric") -> Metric:
     raise InputError(f"{argument} must be a callable on logits [batch, vocab] -> [batch]; received {describe(metric)}")
 
 
-def evaluate(metric: Metric, logits: torch.Tensor, clean_logits=None, *, argument: str = "metric") -> torch.Tensor:
-    """Call ``metric`` and check it returned one finite-shaped value per row."""
+def for_rows(metric: Metric, rows) -> Metric:
+    """The metric for a batch whose row ``r`` is prompt ``rows[r]`` (per-row metrics pick their rows)."""
+    if getattr(metric, "per_row", False):
+        return metric.take([int(r) for r in rows])
+    return metric
+
+
+def evaluate(metric: Metric, logits: torch.Tensor, clean_logits=None, *, argument: str = "metric",
+             rows=None) -> torch.Tensor:
+    """Call ``metric`` (on prompts ``rows`` for per-row metrics) and check it returned one value per row."""
+    if rows is not None:
+        metric = for_rows(metric, rows)
     out = metric(logits, clean_logits)
     if not isinstance(out, torch.Tensor):
         out = torch.as_tensor(out)

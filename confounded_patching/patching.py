@@ -35,7 +35,7 @@ import torch
 
 from .activations import check_nodes
 from .errors import InputError, describe
-from .metrics import as_metric, evaluate
+from .metrics import as_metric, evaluate, for_rows
 from .models import adapt
 from .models.sites import Plan, Read, Write
 from .models.tokens import TokenBatch, as_id_lists, columns, pad, _pad_id
@@ -247,21 +247,22 @@ def patch(
             corrupt_logits = None
         clean_logits = clean_logits.float()
         ref = clean_logits if metric.needs_clean else None
-        clean_m[group] = evaluate(metric, clean_logits, ref).cpu().numpy()
+        clean_m[group] = evaluate(metric, clean_logits, ref, rows=group).cpu().numpy()
         if method == "attribution":
-            fn = lambda lg: metric(lg.float(), clean_logits if metric.needs_clean else None)
+            row_metric = for_rows(metric, group)
+            fn = lambda lg: row_metric(lg.float(), clean_logits if metric.needs_clean else None)
             tgt_acts, grads, tgt_logits = adapter.grad_run(target_b, sites, fn)
-            target_m = evaluate(metric, tgt_logits.float(), ref).cpu().numpy()
+            target_m = evaluate(metric, tgt_logits.float(), ref, rows=group).cpu().numpy()
             if direction == "denoise":
                 corrupt_m[group] = target_m
             else:
                 clean_m[group] = target_m
                 _, corrupt_logits = adapter.run(xb, Plan(), remote=remote)
-                corrupt_m[group] = evaluate(metric, corrupt_logits.float(), ref).cpu().numpy()
+                corrupt_m[group] = evaluate(metric, corrupt_logits.float(), ref, rows=group).cpu().numpy()
             raw[group] = target_m[:, None] + _attribution(nodes, src_acts, tgt_acts, grads, length)
             next(bar_iter, None)
             continue
-        corrupt_m[group] = evaluate(metric, corrupt_logits.float(), ref).cpu().numpy()
+        corrupt_m[group] = evaluate(metric, corrupt_logits.float(), ref, rows=group).cpu().numpy()
         src = {k: v.detach() for k, v in src.items()}
         rows = [(p, k) for p in range(len(group)) for k in range(len(nodes))]
         for start in range(0, len(rows), batch_size):
@@ -281,7 +282,7 @@ def patch(
             _, logits = adapter.run(batch, plan, remote=remote)
             pairs_of_rows = base + [p for p, _ in chunk]
             ref_rows = clean_logits[pairs_of_rows] if metric.needs_clean else None
-            values = evaluate(metric, logits.float(), ref_rows).cpu().numpy()
+            values = evaluate(metric, logits.float(), ref_rows, rows=[group[p] for p in pairs_of_rows]).cpu().numpy()
             unpatched = dict(zip(base, values[:len(base)]))
             target_m = corrupt_m if direction == "denoise" else clean_m
             for (p, k), v in zip(chunk, values[len(base):]):
@@ -444,7 +445,8 @@ def resample(
             heads = torch.as_tensor([nodes[n].head for _, _, n in items]) if kind == "head" else None
             plan.add_write(kind, layer, Write(rws, cols, vals, heads))
         _, logits = adapter.run(batch, plan, remote=remote)
-        y = evaluate(outcome, logits.float(), argument="outcome").cpu().numpy()
+        rows_i = base + [int(pairs[k, 0]) for k, _ in chunk]
+        y = evaluate(outcome, logits.float(), argument="outcome", rows=rows_i).cpu().numpy()
         unpatched = dict(zip(base, y[:len(base)]))
         for (k, n), v in zip(chunk, y[len(base):]):
             effects[k, n] = v - unpatched[int(pairs[k, 0])]

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .balancing import EntropyBalancer, _Factored, block_gamma, feature_layout
+from .balancing import EntropyBalancer, _Factored, feature_layout
 
 __all__ = ["RatioModel", "TopicGaussian", "fit_eb", "fit_gaussian", "fit_topic_gaussian", "gamma_max_products"]
 
@@ -113,19 +113,22 @@ def fit_eb(q, z, gamma, *, squares=True, gamma_marginal=0.0, tol=1e-6, max_iter=
     Args:
         q: standardized treatment ``[m, d_q]``.
         z: standardized covariates ``[B, m, d_z]``.
-        gamma: tolerance on the product columns, tensor ``[B]``.
+        gamma: tolerance on the product columns: ``[B]`` (every product) or
+            ``[B, d_z]`` (the products ``q outer z_l`` get ``gamma[:, l]``).
         squares: include ``q^2 - mean(q^2)`` in the features.
         gamma_marginal: tolerance on ``q``, ``q^2`` and ``z``.
         lambda_init: warm start ``[B, p]``.
     """
     B, m, dz = z.shape
     dq = q.shape[1]
-    base = torch.as_tensor(block_gamma(dq, dz, product=1.0, marginal=0.0, squares=squares), dtype=q.dtype)
-    is_prod = base > 0
-    gam = torch.where(is_prod, gamma[:, None].to(q.dtype) * base, torch.full_like(base, float(gamma_marginal)))
+    gamma = gamma.to(q.dtype)
+    per_z = gamma if gamma.ndim == 2 else gamma[:, None].expand(B, dz)
+    lay = feature_layout(dq, dz, squares=squares)
+    gam = torch.full((B, lay["qz"].stop), float(gamma_marginal), dtype=q.dtype, device=q.device)
+    gam[:, lay["qz"]] = per_z[:, None, :].expand(B, dq, dz).reshape(B, dq * dz)
     eb = EntropyBalancer(gam, tol=tol, max_iter=max_iter, dtype=q.dtype, device=q.device)
     eb.fit_factored(q, z, squares=squares, standardize=False, lambda_init=lambda_init)
-    return _from_lambda(q, z, eb.lambda_, squares, eb, gamma)
+    return _from_lambda(q, z, eb.lambda_, squares, eb, per_z[:, 0] if gamma.ndim == 2 else gamma)
 
 
 def _from_lambda(q, z, lam, squares, eb, gamma):

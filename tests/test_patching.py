@@ -266,3 +266,20 @@ def test_smollm2_matches_a_hand_written_nnsight_loop(smollm2):
     ours = res.raw[0]
     np.testing.assert_allclose(ours[:len(layers) * seq].reshape(len(layers), seq), resid_ref, rtol=1e-4, atol=2e-4)
     np.testing.assert_allclose(ours[len(layers) * seq:].reshape(len(layers), n_heads), head_ref, rtol=1e-4, atol=2e-4)
+
+
+def test_per_row_metric_follows_each_pair():
+    from confounded_patching.datasets import answer_logit_diff
+
+    hf, tok = tiny.hf_model("gpt2"), tiny.tokenizer()
+    answers, wrong = [40, 50, 60], [41, 51, 61]
+    nodes = cp.nodes(hf, positions=(-1,))
+    both = cp.patch(hf, CLEAN, CORRUPT, nodes, answer_logit_diff(answers, wrong), batch_size=5, tokenizer=tok,
+                    progress=False)
+    for p in range(3):
+        one = cp.patch(hf, CLEAN[p:p + 1], CORRUPT[p:p + 1], nodes, cp.metrics.logit_diff(answers[p], wrong[p]),
+                       tokenizer=tok, progress=False)
+        np.testing.assert_allclose(both.raw[p], one.raw[0], rtol=1e-5, atol=1e-5)
+    acts = cp.collect(hf, CLEAN, nodes[:1], metric=answer_logit_diff(answers, wrong), batch_size=2, tokenizer=tok,
+                      progress=False)
+    np.testing.assert_allclose(acts.outcome.numpy(), both.clean, rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ whose clean and corrupt prompts have the same token length under it
 - :func:`topic_toxicity` — hostile replies whose rate varies by topic, labelled by :class:`Labeler`
 - :func:`from_jsonl` — your own prompts, one JSON object per line
 - :func:`load` — any of the above by name
+- :mod:`words` — the word lists and templates, as plain data
 
 Example::
 
@@ -39,6 +40,7 @@ from .lexicon import label_text as label_text
 from .lexicon import load_lexicon as load_lexicon
 from .professions import professions as professions
 from .toxicity import topic_toxicity as topic_toxicity
+from . import words as words
 
 #: Built-in sets by name, for :func:`load` and the command line.
 BUILTIN = {"professions": professions, "capitals": capitals, "ioi": ioi, "topic_toxicity": topic_toxicity}
@@ -46,7 +48,7 @@ BUILTIN = {"professions": professions, "capitals": capitals, "ioi": ioi, "topic_
 __all__ = [
     "PromptSet", "professions", "capitals", "ioi", "topic_toxicity", "from_jsonl", "load", "BUILTIN",
     "Labeler", "label_text", "label_continuations", "load_lexicon",
-    "RowMetric", "answer_logit_diff", "LexiconMetric", "lexicon_logprob", "n_tokens",
+    "RowMetric", "answer_logit_diff", "LexiconMetric", "lexicon_logprob", "n_tokens", "words",
 ]
 
 

@@ -10,7 +10,7 @@ Example::
 
     >>> data = professions(n=4)
     >>> len(data), data.prompts[0], data.corrupt[0]
-    (4, 'The nurse said that', 'The woman said that')
+    (4, 'The grocer told the reporter that', 'The woman told the reporter that')
     >>> data.to_dataframe().columns.tolist()
     ['row', 'prompt', 'topic', 'label', 'clean', 'corrupt', 'answer', 'wrong_answer']
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -160,7 +161,8 @@ class PromptSet:
         """
         if not self.has_pairs:
             raise InputError(f"prompt set {self.name!r} has no clean/corrupt pairs to compare")
-        keep = [i for i, (c, k) in enumerate(zip(self.clean, self.corrupt)) if n_tokens(tokenizer, c) == n_tokens(tokenizer, k)]
+        pairs = enumerate(zip(self.clean, self.corrupt))
+        keep = [i for i, (c, k) in pairs if n_tokens(tokenizer, c) == n_tokens(tokenizer, k)]
         if not keep:
             raise InputError(
                 f"none of the {len(self)} clean/corrupt pairs of {self.name!r} have equal token lengths under "
@@ -215,8 +217,8 @@ def _check_labels(labels: tuple) -> tuple:
             v = v.item()
         if isinstance(v, bool):
             v = int(v)
-        if not isinstance(v, (int, float)) or v != v:
-            raise InputError(f"labels must be numbers (int, float or bool); row {i} is {describe(v)}")
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(f"labels must be finite numbers (int, float or bool); row {i} is {describe(v)}")
         out.append(v)
     return tuple(out)
 

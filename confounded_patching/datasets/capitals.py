@@ -3,7 +3,7 @@
 The nnsight activation-patching tutorial contrasts "Paris is in the country
 of" with "Rio is in the country of": the clean and corrupt prompts differ only
 in the city, and the metric is the logit difference between the two answers.
-This module writes its own templates and a list of 72 cities, each paired with
+This module writes its own templates and a list of 62 cities, each paired with
 its country:
 
 - clean prompt: a template with a city, e.g. "The city of Paris is in the country of";
@@ -25,55 +25,15 @@ from __future__ import annotations
 import random
 
 from ._base import PromptSet, check_seed, finish
+from .words import CAPITAL_TEMPLATES, CITIES
 
-__all__ = ["capitals", "CITIES", "CAPITAL_TEMPLATES"]
-
-#: Continent -> (city, country) pairs; cities and countries are single tokens after a space.
-CITIES: dict[str, tuple[tuple[str, str], ...]] = {
-    "Europe": (
-        ("Paris", "France"), ("Lyon", "France"), ("Berlin", "Germany"), ("Munich", "Germany"),
-        ("Hamburg", "Germany"), ("Madrid", "Spain"), ("Barcelona", "Spain"), ("Rome", "Italy"),
-        ("Milan", "Italy"), ("Venice", "Italy"), ("Florence", "Italy"), ("London", "England"),
-        ("Manchester", "England"), ("Lisbon", "Portugal"), ("Vienna", "Austria"), ("Athens", "Greece"),
-        ("Dublin", "Ireland"), ("Oslo", "Norway"), ("Stockholm", "Sweden"), ("Warsaw", "Poland"),
-        ("Budapest", "Hungary"), ("Amsterdam", "Netherlands"), ("Brussels", "Belgium"),
-        ("Copenhagen", "Denmark"), ("Helsinki", "Finland"), ("Moscow", "Russia"), ("Zurich", "Switzerland"),
-        ("Geneva", "Switzerland"), ("Edinburgh", "Scotland"),
-    ),
-    "Asia": (
-        ("Tokyo", "Japan"), ("Kyoto", "Japan"), ("Hiroshima", "Japan"), ("Beijing", "China"),
-        ("Shanghai", "China"), ("Delhi", "India"), ("Mumbai", "India"), ("Manila", "Philippines"),
-        ("Kabul", "Afghanistan"), ("Tehran", "Iran"), ("Baghdad", "Iraq"), ("Damascus", "Syria"),
-        ("Istanbul", "Turkey"),
-    ),
-    "Africa": (("Cairo", "Egypt"), ("Alexandria", "Egypt"), ("Tunis", "Tunisia")),
-    "Americas": (
-        ("Rio", "Brazil"), ("Salvador", "Brazil"), ("Toronto", "Canada"), ("Ottawa", "Canada"),
-        ("Vancouver", "Canada"), ("Montreal", "Canada"), ("Calgary", "Canada"), ("Lima", "Peru"),
-        ("Santiago", "Chile"), ("Havana", "Cuba"), ("Kingston", "Jamaica"),
-    ),
-    "Oceania": (
-        ("Sydney", "Australia"), ("Melbourne", "Australia"), ("Brisbane", "Australia"),
-        ("Perth", "Australia"), ("Canberra", "Australia"), ("Adelaide", "Australia"),
-    ),
-}
-
-#: Templates; ``{}`` is the city. The city always follows a space.
-CAPITAL_TEMPLATES: tuple[str, ...] = (
-    "The city of {} is in the country of",
-    "I live in {}, which is in the country of",
-    "Last summer we visited {}, a city in the country of",
-    "My cousin moved to {}, in the country of",
-    "The museum in {} is in the country of",
-    "Our train arrived in {}, which is located in the country of",
-)
-
+__all__ = ["capitals"]
 
 def capitals(n: int | None = None, seed: int = 0, tokenizer=None) -> PromptSet:
     """Prompts like "The city of Paris is in the country of", scored by logit(country) − logit(other country).
 
     Args:
-        n: number of prompts drawn from the 6 × 72 = 432 the templates make (``None``: all).
+        n: number of prompts drawn from the 6 × 62 = 372 the templates make (``None``: all).
         seed: seed of the corrupt cities and of the draw.
         tokenizer: if given, keep only pairs of equal token length under it.
 
@@ -86,7 +46,7 @@ def capitals(n: int | None = None, seed: int = 0, tokenizer=None) -> PromptSet:
 
         >>> d = capitals()
         >>> d.clean[0], d.corrupt[0], d.answers[0], d.wrong_answers[0]
-        ('The city of Paris is in the country of', 'The city of ... is in the country of', ' France', ' ...')
+        ('The city of Paris is in the country of', 'The city of Sydney is in the country of', ' France', ' Australia')
     """
     seed = check_seed(seed)
     rng = random.Random(seed)

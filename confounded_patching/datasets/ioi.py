@@ -25,36 +25,9 @@ import random
 
 from ..errors import InputError, describe
 from ._base import PromptSet, check_seed, n_tokens
+from .words import IOI_NAMES, IOI_OBJECTS, IOI_PLACES, IOI_TEMPLATES
 
-__all__ = ["ioi", "IOI_NAMES", "IOI_TEMPLATES", "IOI_PLACES", "IOI_OBJECTS"]
-
-#: First names, each a single token after a space; words that are also common nouns are left out.
-IOI_NAMES: tuple[str, ...] = (
-    "Mary", "John", "Tom", "James", "Sarah", "David", "Anna", "Michael", "Emma", "Daniel", "Lisa", "Paul",
-    "Laura", "Kate", "Peter", "Susan", "Robert", "Alice", "Richard", "Rachel", "Steven", "Linda", "Brian",
-    "Karen", "Kevin", "Helen", "Jason", "Amy", "Eric", "Jessica", "Adam", "Emily", "Ryan", "Anne", "Julia",
-    "Andrew", "Maria", "Lucy", "Sophie", "George", "Henry", "Nancy", "Diana", "Luke", "Amanda",
-)
-
-#: Templates with {a} {b} (first clause), {s} (subject of the second clause), {place}, {obj}.
-IOI_TEMPLATES: tuple[str, ...] = (
-    "When {a} and {b} went to the {place}, {s} gave a {obj} to",
-    "After {a} and {b} arrived at the {place}, {s} handed a {obj} to",
-    "While {a} and {b} were waiting at the {place}, {s} passed a {obj} to",
-    "{a} and {b} spent the afternoon at the {place}. Later, {s} gave a {obj} to",
-    "Then, {a} and {b} had a long day at the {place}. {s} offered a {obj} to",
-    "On Sunday {a} and {b} met at the {place}, and {s} brought a {obj} to",
-)
-
-#: Topic (place family) -> places.
-IOI_PLACES: dict[str, tuple[str, ...]] = {
-    "errands": ("store", "market", "bakery", "bank", "mall"),
-    "outdoors": ("park", "beach", "garden", "lake", "zoo"),
-    "work": ("office", "school", "hospital", "library", "station"),
-}
-
-IOI_OBJECTS: tuple[str, ...] = ("drink", "book", "gift", "letter", "bag", "snack", "ticket", "key", "basket",
-                                "ball", "card", "pen", "map", "cake", "flower", "ring", "camera", "hat")
+__all__ = ["ioi"]
 
 CORRUPTIONS = ("swap", "abc")
 
@@ -79,8 +52,11 @@ def ioi(n: int | None = 500, seed: int = 0, tokenizer=None, *, corruption: str =
     Example::
 
         >>> d = ioi(n=2)
-        >>> d.clean[0], d.answers[0], d.wrong_answers[0]
-        ('When Mary and John went to the store, John gave a drink to', ' Mary', ' John')
+        >>> d.clean[0], d.corrupt[0]
+        ('Tom and Robert spent the afternoon at the hospital. Later, Robert gave a cake to',
+         'Tom and Robert spent the afternoon at the hospital. Later, Tom gave a cake to')
+        >>> d.answers[0], d.wrong_answers[0]
+        (' Tom', ' Robert')
     """
     seed = check_seed(seed)
     if corruption not in CORRUPTIONS:

@@ -28,6 +28,7 @@ skipped. Every problem is reported as an ``InputError`` that starts with
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -41,7 +42,7 @@ __all__ = ["from_jsonl", "JSONL_KEYS"]
 JSONL_KEYS = {
     "prompt": ("prompts", (str,), "a non-empty string"),
     "topic": ("topics", (str,), "a string"),
-    "label": ("labels", (int, float), "a number (int, float or bool)"),
+    "label": ("labels", (int, float), "a finite number (int, float or bool)"),
     "clean": ("clean", (str,), "a non-empty string"),
     "corrupt": ("corrupt", (str,), "a non-empty string"),
     "answer": ("answers", (str,), "a non-empty string"),
@@ -56,7 +57,7 @@ def _check_value(where: str, key: str, value):
     ok = isinstance(value, types) and not isinstance(value, bool)
     if ok and isinstance(value, str) and key != "topic" and not value.strip():
         ok = False
-    if ok and isinstance(value, float) and value != value:
+    if ok and isinstance(value, float) and not math.isfinite(value):
         ok = False
     if not ok:
         raise InputError(f"{where}: {key!r} must be {expected}; received {describe(value)}")
@@ -86,11 +87,11 @@ def from_jsonl(path: str | os.PathLike, *, name: str | None = None, tokenizer=No
     if not path.is_file():
         raise InputError(f"from_jsonl: {path} does not exist or is not a file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     rows: list[tuple[int, dict]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # not splitlines(): JSON may hold U+2028
         if not line.strip():
             continue
         where = f"{path}:{lineno}"

@@ -26,56 +26,9 @@ from __future__ import annotations
 from ..errors import InputError, describe
 from ..metrics import logit_diff
 from ._base import PromptSet, check_seed, finish
+from .words import GENDERED_NOUNS, PROFESSION_TEMPLATES, PROFESSIONS
 
-__all__ = ["professions", "PROFESSIONS", "PROFESSION_TEMPLATES"]
-
-#: Occupational domain -> professions (each a single token after a space).
-PROFESSIONS: dict[str, tuple[str, ...]] = {
-    "care": ("nurse", "doctor", "dentist", "surgeon", "therapist", "counselor", "teacher", "tutor",
-             "psychologist", "psychiatrist", "veterinarian", "volunteer", "instructor", "assistant"),
-    "technical": ("engineer", "programmer", "developer", "technician", "researcher", "inventor", "astronaut",
-                  "architect", "scientist", "chemist", "physicist", "biologist", "astronomer", "mathematician",
-                  "economist", "analyst", "professor", "planner"),
-    "arts": ("artist", "painter", "singer", "dancer", "writer", "poet", "author", "musician", "photographer",
-             "composer", "novelist", "editor", "journalist", "reporter", "filmmaker", "producer", "designer",
-             "historian", "philosopher", "translator", "curator"),
-    "trades": ("mechanic", "sailor", "contractor", "operator", "grocer", "shepherd", "brewer", "worker",
-               "cleaner", "miner", "builder", "farmer", "baker", "butcher", "chef", "cook", "driver", "tailor",
-               "pilot", "hunter"),
-    "business": ("accountant", "manager", "lawyer", "attorney", "consultant", "broker", "executive",
-                 "entrepreneur", "auditor", "investor", "CEO", "boss", "supervisor", "director", "secretary",
-                 "clerk"),
-    "public service": ("officer", "guard", "soldier", "sheriff", "detective", "inspector", "captain", "judge",
-                       "mayor", "senator", "governor", "politician", "diplomat", "ambassador", "minister",
-                       "president", "cop", "interpreter", "coach"),
-}
-
-#: Templates; ``{}`` is the profession. Each ends where a subject pronoun is the natural next word.
-PROFESSION_TEMPLATES: tuple[str, ...] = (
-    "The {} said that",
-    "The {} told the reporter that",
-    "The {} explained that",
-    "The {} announced that",
-    "Yesterday the {} said that",
-    "The {} left early because",
-    "The {} was tired, so",
-    "The {} finished the job and then",
-    "After lunch, the {} said that",
-    "The {} wrote in the report that",
-    "The {} smiled because",
-    "The {} was promoted because",
-    "The {} missed the bus, so",
-    "The {} called home to say that",
-    "The {} apologized and said that",
-    "The {} laughed and said that",
-    "Everyone knew that the {} was busy, because",
-    "The {} could not come to the party because",
-    "When the phone rang, the {} answered and said that",
-    "The {} read the letter twice, and then",
-)
-
-GENDERED_NOUNS = ("woman", "man", "girl", "boy", "lady", "gentleman", "mother", "father", "sister", "brother")
-
+__all__ = ["professions"]
 
 def professions(n: int | None = 1000, seed: int = 0, tokenizer=None, *, corrupt_noun: str = "woman") -> PromptSet:
     """Prompts like "The nurse said that", scored by ``logit(" he") − logit(" she")``.

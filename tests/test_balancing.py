@@ -1,0 +1,319 @@
+"""Entropy balancing: agreement with independent solvers, certificates, invariances."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.optimize
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from confounded_patching import InputError
+from confounded_patching.balancing import (
+    EntropyBalancer,
+    balance_features,
+    block_gamma,
+    feature_layout,
+    gamma_max,
+)
+
+
+def _design(m=300, d_q=2, d_z=3, seed=0, dependence=0.5):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(m, d_q))
+    z = dependence * q[:, :1] + rng.normal(size=(m, d_z))
+    return q, z
+
+
+def _scipy_reference(G: np.ndarray, gamma: np.ndarray):
+    """L-BFGS-B on the split lam = lam_plus - lam_minus >= 0 (smooth, bound-constrained)."""
+    p = G.shape[1]
+
+    def fun(v):
+        lam = v[:p] - v[p:]
+        s = -G @ lam
+        top = s.max()
+        e = np.exp(s - top)
+        Z = e.sum()
+        w = e / Z
+        grad = -G.T @ w
+        f = top + np.log(Z) + gamma @ (v[:p] + v[p:])
+        return f, np.concatenate([grad + gamma, -grad + gamma])
+
+    res = scipy.optimize.minimize(fun, np.zeros(2 * p), jac=True, method="L-BFGS-B", bounds=[(0, None)] * (2 * p),
+                                  options=dict(ftol=1e-15, gtol=1e-12, maxiter=20000))
+    lam = res.x[:p] - res.x[p:]
+    s = -G @ lam
+    w = np.exp(s - s.max())
+    return lam, w / w.sum(), res.fun
+
+
+# ----------------------------------------------------------------------------- independent solvers
+
+
+def test_exact_balance_equals_empirical_calibration_entropy_weights():
+    ec = pytest.importorskip("empirical_calibration")
+    G = balance_features(*_design())
+    eb = EntropyBalancer(gamma=0.0).fit(G)
+    w_ref, ok = ec.calibrate(G, np.zeros((1, G.shape[1])), objective=ec.Objective.ENTROPY)
+    assert ok
+    assert eb.status_ == "converged"
+    np.testing.assert_allclose(eb.weights_, w_ref, atol=1e-6 / G.shape[0], rtol=1e-6)
+    assert eb.imbalance_ <= 1e-8
+
+
+def test_exact_balance_gradient_reaches_1e_8():
+    G = balance_features(*_design(m=500, d_q=3, d_z=4, seed=3))
+    eb = EntropyBalancer(gamma=0.0, tol=1e-8).fit(G)
+    assert eb.status_ == "converged"
+    assert np.abs(G.T @ eb.weights_).max() <= 1e-8
+
+
+@pytest.mark.parametrize("gamma", [0.02, 0.05, 0.15])
+def test_approximate_balance_matches_scipy_and_satisfies_kkt(gamma):
+    G = balance_features(*_design(seed=1))
+    gam = np.full(G.shape[1], gamma)
+    eb = EntropyBalancer(gamma=gamma, tol=1e-10).fit(G)
+    lam_ref, w_ref, f_ref = _scipy_reference(G, gam)
+    assert eb.status_ == "converged"
+    np.testing.assert_allclose(eb.weights_, w_ref, atol=1e-7 / G.shape[0], rtol=1e-6)
+    s = -G @ eb.lambda_
+    f = s.max() + np.log(np.exp(s - s.max()).sum()) + gam @ np.abs(eb.lambda_)
+    assert f <= f_ref + 1e-10
+    # KKT: |G^T w| <= gamma everywhere, = gamma * sign(lam) where lam != 0
+    mom = G.T @ eb.weights_
+    assert np.all(np.abs(mom) <= gam + 1e-9)
+    on = eb.lambda_ != 0
+    np.testing.assert_allclose(mom[on], gam[on] * np.sign(eb.lambda_[on]), atol=1e-9)
+    assert abs(eb.gap_) <= 1e-8
+    assert eb.violation_ <= 1e-9
+
+
+def test_per_column_gamma_zero_on_marginals_positive_on_products():
+    q, z = _design(seed=2)
+    G = balance_features(q, z)
+    gam = block_gamma(2, 3, product=0.05)
+    eb = EntropyBalancer(gamma=gam, tol=1e-10).fit(G)
+    lay = feature_layout(2, 3)
+    mom = G.T @ eb.weights_
+    assert eb.status_ == "converged"
+    assert np.abs(mom[: lay["z"].stop]).max() <= 1e-9
+    assert np.abs(mom[lay["qz"]]).max() <= 0.05 + 1e-9
+    lam_ref, w_ref, _ = _scipy_reference(G, gam)
+    np.testing.assert_allclose(eb.weights_, w_ref, atol=1e-7 / G.shape[0], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- certificates
+
+
+def test_infeasible_exact_balance_is_reported_not_returned_as_weights():
+    G = balance_features(*_design())
+    G_bad = np.c_[G, 1.0 + np.abs(G[:, 0])]  # a column that no weights can centre
+    eb = EntropyBalancer(gamma=0.0).fit(G_bad)
+    assert eb.status_ == "infeasible"
+    assert not eb.converged_
+
+
+def test_infeasible_approximate_balance_is_detected_by_the_dual_certificate():
+    G = balance_features(*_design())
+    G_bad = np.c_[G, G[:, 0] + 0.5, -G[:, 0] + 0.5]  # means of these two columns sum to 1 under any weights
+    eb = EntropyBalancer(gamma=0.1).fit(G_bad)
+    assert eb.status_ == "infeasible"
+    eb_ok = EntropyBalancer(gamma=0.6).fit(G_bad)  # |a| <= 0.6 and |1 - a| <= 0.6 is feasible
+    assert eb_ok.status_ == "converged"
+
+
+def test_max_iter_status_when_the_cap_is_hit():
+    G = balance_features(*_design())
+    eb = EntropyBalancer(gamma=0.01, max_iter=3, tol=1e-12).fit(G)
+    assert eb.status_ == "max_iter"
+    assert eb.n_iter_ == 3
+
+
+# ----------------------------------------------------------------------------- factored form and batches
+
+
+def test_factored_form_equals_dense_features():
+    q, z = _design(m=400, d_q=3, d_z=4, seed=4)
+    gam = block_gamma(3, 4, product=0.04)
+    dense = EntropyBalancer(gamma=gam, tol=1e-10).fit(balance_features(q, z))
+    fact = EntropyBalancer(gamma=gam, tol=1e-10).fit_factored(q, z)
+    np.testing.assert_allclose(fact.weights_, dense.weights_, atol=1e-10)
+    np.testing.assert_allclose(fact.lambda_, dense.lambda_, atol=1e-6)
+
+
+def test_factored_paper_features_have_no_squares():
+    q, z = _design(m=300, d_q=2, d_z=2)
+    G = balance_features(q, z, squares=False)
+    assert G.shape[1] == 2 + 2 + 4
+    fact = EntropyBalancer(gamma=0.0).fit_factored(q, z, squares=False)
+    dense = EntropyBalancer(gamma=0.0).fit(G)
+    np.testing.assert_allclose(fact.weights_, dense.weights_, atol=1e-10)
+
+
+def test_batched_shared_query_equals_one_by_one():
+    q, _ = _design(m=300, d_q=3)
+    rng = np.random.default_rng(5)
+    zs = np.stack([0.4 * q[:, :2] @ rng.normal(size=(2, 4)) + rng.normal(size=(300, 4)) for _ in range(5)])
+    gam = block_gamma(3, 4, product=0.05)
+    batch = EntropyBalancer(gamma=gam, tol=1e-9).fit_factored(q, zs)
+    assert batch.weights_.shape == (5, 300)
+    for b in range(5):
+        one = EntropyBalancer(gamma=gam, tol=1e-9).fit_factored(q, zs[b])
+        assert batch.status_[b] == one.status_ == "converged"
+        np.testing.assert_allclose(batch.weights_[b], one.weights_, atol=1e-9)
+
+
+def test_batched_float32_torch_solution_is_certified():
+    q, _ = _design(m=500, d_q=4)
+    rng = np.random.default_rng(6)
+    zs = torch.tensor(np.stack([0.3 * q @ rng.normal(size=(4, 5)) + rng.normal(size=(500, 5)) for _ in range(3)]))
+    gam = torch.tensor(block_gamma(4, 5, product=0.08))
+    eb = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32).fit_factored(torch.tensor(q), zs)
+    assert isinstance(eb.weights_, torch.Tensor) and eb.weights_.dtype == torch.float32
+    assert eb.status_ == ["converged"] * 3
+    assert float(eb.violation_.max()) <= 1e-4
+
+
+def test_product_columns_are_not_recentred():
+    q, z = _design(m=200, d_q=1, d_z=1, dependence=0.8)
+    G = balance_features(q, z)
+    lay = feature_layout(1, 1)
+    qs, zs = (q - q.mean()) / q.std(), (z - z.mean()) / z.std()
+    np.testing.assert_allclose(G[:, lay["qz"]][:, 0], (qs * zs)[:, 0])
+    assert abs(G[:, lay["qz"]].mean()) > 0.3  # the observed correlation stays to be balanced away
+    assert abs(G[:, lay["q2"]].mean()) < 1e-12  # squares are centred (their target is the sample mean)
+
+
+# ----------------------------------------------------------------------------- properties
+
+_settings = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@st.composite
+def problems(draw):
+    seed = draw(st.integers(0, 10_000))
+    m = draw(st.integers(40, 120))
+    p = draw(st.integers(1, 4))
+    rng = np.random.default_rng(seed)
+    G = rng.normal(size=(m, p)) + rng.normal(size=p) * 0.3  # off-centre columns: balancing has work to do
+    gamma = draw(st.floats(0.02, 0.3))
+    return G, gamma
+
+
+@_settings
+@given(problems())
+def test_weights_are_positive_and_sum_to_one(prob):
+    G, gamma = prob
+    eb = EntropyBalancer(gamma=gamma, tol=1e-9).fit(G)
+    if eb.status_ == "converged":
+        assert np.all(eb.weights_ > 0)
+        assert abs(eb.weights_.sum() - 1) < 1e-12
+        assert eb.violation_ <= 1e-8
+        assert 1 <= eb.ess_ <= G.shape[0] + 1e-9
+
+
+@_settings
+@given(problems(), st.integers(0, 1000))
+def test_row_permutation_permutes_the_weights(prob, seed):
+    G, gamma = prob
+    perm = np.random.default_rng(seed).permutation(G.shape[0])
+    a = EntropyBalancer(gamma=gamma, tol=1e-10).fit(G)
+    b = EntropyBalancer(gamma=gamma, tol=1e-10).fit(G[perm])
+    assert a.status_ == b.status_
+    if a.status_ == "converged":
+        np.testing.assert_allclose(b.weights_, a.weights_[perm], atol=1e-8)
+
+
+@_settings
+@given(problems(), st.floats(0.2, 5.0))
+def test_scaling_a_column_and_its_gamma_leaves_the_weights(prob, c):
+    G, gamma = prob
+    gam = np.full(G.shape[1], gamma)
+    G2, gam2 = G.copy(), gam.copy()
+    G2[:, 0] *= c
+    gam2[0] *= c
+    a = EntropyBalancer(gamma=gam, tol=1e-10).fit(G)
+    b = EntropyBalancer(gamma=gam2, tol=1e-10).fit(G2)
+    if a.status_ == b.status_ == "converged":
+        np.testing.assert_allclose(b.weights_, a.weights_, atol=1e-7)
+
+
+@_settings
+@given(problems(), st.floats(1.0, 3.0))
+def test_lambda_is_zero_at_or_above_gamma_max(prob, factor):
+    G, _ = prob
+    g = float(gamma_max(G)) * factor
+    eb = EntropyBalancer(gamma=g).fit(G)
+    assert eb.status_ == "converged"
+    assert np.all(eb.lambda_ == 0)
+    np.testing.assert_allclose(eb.weights_, 1.0 / G.shape[0])
+    assert eb.n_iter_ == 0
+
+
+@_settings
+@given(problems())
+def test_caller_arrays_are_not_mutated(prob):
+    G, gamma = prob
+    gam = np.full(G.shape[1], gamma)
+    G0, gam0 = G.copy(), gam.copy()
+    EntropyBalancer(gamma=gam).fit(G)
+    Gt = torch.tensor(G)
+    EntropyBalancer(gamma=gamma).fit(Gt)
+    np.testing.assert_array_equal(G, G0)
+    np.testing.assert_array_equal(gam, gam0)
+    np.testing.assert_array_equal(Gt.numpy(), G0)
+
+
+@_settings
+@given(st.lists(problems(), min_size=2, max_size=4))
+def test_batched_dense_equals_one_by_one(probs):
+    m = min(G.shape[0] for G, _ in probs)
+    p = min(G.shape[1] for G, _ in probs)
+    Gs = np.stack([G[:m, :p] for G, _ in probs])
+    gam = np.stack([np.full(p, g) for _, g in probs])
+    batch = EntropyBalancer(gamma=gam, tol=1e-10).fit(Gs)
+    for b in range(len(probs)):
+        one = EntropyBalancer(gamma=gam[b], tol=1e-10).fit(Gs[b])
+        assert batch.status_[b] == one.status_
+        if one.status_ == "converged":
+            np.testing.assert_allclose(batch.weights_[b], one.weights_, atol=1e-8)
+
+
+# ----------------------------------------------------------------------------- input errors
+
+
+def test_nan_in_features_names_the_argument():
+    G = balance_features(*_design())
+    G[3, 1] = np.nan
+    with pytest.raises(InputError, match=r"G must be finite; received ndarray of shape \(300, 13\) and dtype float64 with NaN or inf entries"):
+        EntropyBalancer().fit(G)
+
+
+def test_gamma_of_wrong_length_is_rejected_with_expected_shape():
+    G = balance_features(*_design())
+    with pytest.raises(InputError, match=r"gamma must be a scalar, a vector of length p = 13"):
+        EntropyBalancer(gamma=np.ones(3)).fit(G)
+
+
+def test_negative_gamma_is_rejected():
+    with pytest.raises(InputError, match="gamma must be finite and >= 0"):
+        EntropyBalancer(gamma=-0.1).fit(np.random.default_rng(0).normal(size=(20, 2)))
+
+
+def test_unknown_solver_lists_the_options():
+    with pytest.raises(InputError, match=r"solver must be one of \{'auto', 'newton', 'fista'\}; received 'bfgs'"):
+        EntropyBalancer(solver="bfgs").fit(np.ones((5, 1)))
+
+
+def test_mismatched_rows_in_factored_form():
+    with pytest.raises(InputError, match="q and z must have the same number of rows"):
+        EntropyBalancer().fit_factored(np.ones((10, 2)), np.ones((9, 2)))
+
+
+def test_constant_covariate_is_rejected_by_balance_features():
+    q, z = _design(m=50)
+    z[:, 1] = 3.0
+    with pytest.raises(InputError, match=r"z must have non-constant columns; received constant column\(s\) \[1\]"):
+        balance_features(q, z)

@@ -1,0 +1,61 @@
+"""mediate(): the model-level pipeline composes collect, topics and aie_many correctly."""
+
+import nnsight
+import numpy as np
+import pytest
+
+import confounded_patching as cp
+import tiny
+from confounded_patching.mediation import aie_many, pair_index
+from confounded_patching.topics import kmeans_topics
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = nnsight.TransformersModel(tiny.hf_model("gpt2"), tokenizer=tiny.tokenizer())
+    prompts = tiny.prompts(220, seed=7)
+    nodes = cp.nodes(model, kinds=("mlp", "head"))
+    return model, prompts, nodes
+
+
+def test_mediate_equals_its_parts(setup):
+    model, prompts, nodes = setup
+    metric = cp.metrics.logit_diff("w3", "w4")
+    kw = dict(K=30, n_boot=10, d_q=8, d_n=8, seed=1)
+    res = cp.mediate(model, prompts, nodes, metric, n_topics=3, embed_layer=1, progress=False, **kw)
+    acts = cp.collect(model, prompts, nodes, metric=metric, embed_layer=1, progress=False)
+    topics = kmeans_topics(acts.embedding, k=3, seed=1)
+    pairs = pair_index(len(prompts), 30, 1)
+    vals = [acts[n] for n in nodes]
+    adj = aie_many(acts.embedding, vals, acts.outcome, topics, pairs=pairs, **{k: v for k, v in kw.items()})
+    unadj = aie_many(acts.embedding, vals, acts.outcome, None, pairs=pairs, **{k: v for k, v in kw.items()})
+    np.testing.assert_allclose(res.adjusted.value, adj.value, rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(res.unadjusted.value, unadj.value, rtol=1e-6, equal_nan=True)
+    assert list(res.topics) == [str(t) for t in topics]
+    df = res.to_dataframe()
+    assert set(df["method"]) == {"eb:adjusted", "eb:unadjusted"} and len(df) == 2 * len(nodes)
+    assert {"node", "kind", "layer", "head", "pos", "value", "ci_low", "ci_high", "ess", "gamma"} <= set(df.columns)
+
+
+def test_mediate_with_labels_and_reused_activations(setup, tmp_path):
+    model, prompts, nodes = setup
+    acts = cp.collect(model, prompts, nodes, embed_layer=1, progress=False)
+    rng = np.random.default_rng(0)
+    labels = (rng.random(len(prompts)) < 0.3).astype(float)
+    topics = np.array(["a", "b"] * (len(prompts) // 2))
+    res = cp.mediate(model, prompts, nodes, labels, confounder=topics, activations=acts, K=20, n_boot=0, d_q=6,
+                     d_n=6, progress=False)
+    assert res.outcome_name == "labels" and np.array_equal(res.outcome, labels)
+    back = cp.MediationResult.load(res.save(tmp_path / "med"))
+    np.testing.assert_array_equal(back.adjusted.value, res.adjusted.value)
+    assert back.nodes == nodes and back.adjusted.status == res.adjusted.status
+
+
+def test_mediate_bad_input(setup):
+    model, prompts, nodes = setup
+    with pytest.raises(cp.InputError, match="outcome is required"):
+        cp.mediate(model, prompts, nodes)
+    with pytest.raises(cp.InputError, match=r"outcome as labels must have one value per prompt \(220\)"):
+        cp.mediate(model, prompts, nodes, np.zeros(5), progress=False)
+    with pytest.raises(cp.InputError, match="confounder must be 'kmeans'"):
+        cp.mediate(model, prompts, nodes, cp.metrics.logit("w3"), confounder="topics", progress=False)

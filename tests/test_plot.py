@@ -1,0 +1,333 @@
+"""Figures of confounded_patching.plot and the HTML report, on results from tiny random models."""
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import confounded_patching as cp
+import tiny
+from confounded_patching import plot
+from confounded_patching.report import write_report
+
+METRIC = cp.metrics.logit_diff(10, 11)
+N_LAYERS, N_HEADS = 2, 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny.hf_model("gpt2"), tiny.tokenizer()
+
+
+@pytest.fixture(scope="module")
+def nodes(model):
+    hf, _ = model
+    return (cp.nodes(hf, kinds=("mlp",), positions=(-1,)) + cp.nodes(hf, kinds=("head",), positions=(-2, -1))
+            + cp.nodes(hf, kinds=("resid",), positions=(-3, -2, -1)))
+
+
+@pytest.fixture(scope="module")
+def classic(model, nodes):
+    hf, tok = model
+    clean = ["w5 w6 w7 w8 w9", "w11 w12 w13 w14 w15", "w20 w21 w22 w23 w24"]
+    corrupt = ["w5 w6 w30 w8 w9", "w11 w40 w13 w14 w15", "w20 w21 w22 w50 w24"]
+    return cp.patch(hf, clean, corrupt, nodes, METRIC, tokenizer=tok, progress=False)
+
+
+@pytest.fixture(scope="module")
+def resampled(model, nodes):
+    hf, tok = model
+    return cp.resample(hf, tiny.prompts(12, lo=4, hi=7), nodes[::3], METRIC, n_pairs=8, tokenizer=tok,
+                       progress=False)
+
+
+class FakeMediation:
+    """Stands in for a MediationResult: two methods with intervals and diagnostics."""
+
+    def __init__(self, nodes, seed=0):
+        rng = np.random.default_rng(seed)
+        rows = []
+        for method, scale in (("eb:adjusted", 0.05), ("eb:unadjusted", 0.2)):
+            for k, n in enumerate(nodes):
+                v = float(rng.normal(0, scale))
+                rows.append(dict(node=n.label, kind=n.kind, layer=n.layer, head=getattr(n, "head", None), pos=n.pos,
+                                 method=method, value=v, ci_low=v - 0.01, ci_high=v + 0.02, se=0.01,
+                                 gamma=0.1 + k / 100, ess=50.0 + k, imbalance=1e-4,
+                                 status="infeasible" if k == 0 else "converged", winsorized=0.1, metric=METRIC.name))
+        self.df = pd.DataFrame(rows)
+        self.tokens = []
+
+    def to_dataframe(self):
+        return self.df.copy()
+
+
+@pytest.fixture(scope="module")
+def fake_med(nodes):
+    return FakeMediation(nodes)
+
+
+def _heatmaps(fig):
+    return [t for t in fig.data if t.type == "heatmap"]
+
+
+def _panel_traces(fig):
+    """{(row, col): heatmap trace} from the subplot grid."""
+    out = {}
+    rows, cols = fig._get_subplot_rows_columns()
+    for r in rows:
+        for c in cols:
+            sp = fig.get_subplot(r, c)
+            xname = sp.xaxis.plotly_name.replace("axis", "")
+            for t in _heatmaps(fig):
+                if t.xaxis == xname:
+                    out[(r, c)] = t
+    return out
+
+
+# ----------------------------------------------------------------------------- import hygiene
+
+
+def test_importing_the_package_and_modules_does_not_import_plotly():
+    code = ("import sys, confounded_patching, confounded_patching.plot, confounded_patching.report, "
+            "confounded_patching.cli; bad = [m for m in sys.modules if m.split('.')[0] == 'plotly']; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------- compare
+
+
+def test_compare_has_a_column_per_method_and_a_row_per_node_family(classic, resampled, fake_med):
+    fig = plot.compare(classic, resampled, fake_med)
+    # columns: classic, resample, EB unadjusted, EB adjusted; rows: resid, heads@-2, heads@-1, MLP
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:4] == ["Classic patching (denoise)", "Resample AIE", "EB-AIE unadjusted", "EB-AIE adjusted"]
+    assert len(_heatmaps(fig)) == 4 * 4
+    ylabels = [fig.get_subplot(r, 1).yaxis.title.text for r in range(1, 5)]
+    assert ylabels == ["Residual stream<br>layer", "Attention heads @ pos -2<br>layer",
+                       "Attention heads @ pos -1<br>layer", "MLP<br>layer"]
+    panels = _panel_traces(fig)
+    assert np.asarray(panels[(1, 1)].z).shape == (N_LAYERS, 3)       # layer x position
+    assert np.asarray(panels[(2, 1)].z).shape == (N_LAYERS, N_HEADS)  # layer x head
+    assert np.asarray(panels[(4, 1)].z).shape == (N_LAYERS, 1)        # MLP strip
+
+
+def test_layer_zero_is_at_the_top_and_axes_are_shared_within_a_row(classic, fake_med):
+    fig = plot.compare(classic, fake_med)
+    for r in range(1, 5):
+        first = fig.get_subplot(r, 1)
+        first_x = first.xaxis.plotly_name.replace("axis", "")
+        first_y = first.yaxis.plotly_name.replace("axis", "")
+        for c in range(1, 4):
+            sp = fig.get_subplot(r, c)
+            assert sp.yaxis.autorange == "reversed"
+            if c > 1:
+                assert sp.xaxis.matches == first_x
+                assert sp.yaxis.matches == first_y
+    panels = _panel_traces(fig)
+    assert list(panels[(1, 1)].y) == [0, 1]
+
+
+def test_heatmap_values_match_the_results(classic, fake_med):
+    fig = plot.compare(classic, fake_med)
+    panels = _panel_traces(fig)
+    score = dict(zip([n.label for n in classic.nodes], classic.score))
+    z = np.asarray(panels[(4, 1)].z, dtype=float)  # MLP strip, classic
+    assert z[1, 0] == pytest.approx(score["MLP1@-1"])
+    z = np.asarray(panels[(3, 3)].z, dtype=float)  # heads @ -1, EB adjusted
+    df = fake_med.df
+    want = df[(df.method == "eb:adjusted") & (df.node == "L1H2@-1")].value.item()
+    assert z[1, 2] == pytest.approx(want)
+
+
+def test_colour_range_is_shared_per_row_among_columns_of_the_same_units(classic, resampled, fake_med):
+    fig = plot.compare(classic, resampled, fake_med)
+    panels = _panel_traces(fig)
+    for r in range(1, 5):
+        axes = [panels[(r, c)].coloraxis for c in range(1, 5)]
+        # patching score (normalized) has its own range; resample and both EB columns (units of y) share one
+        assert axes[1] == axes[2] == axes[3] != axes[0]
+        for c_group in ([1], [2, 3, 4]):
+            ax = fig.layout[axes[c_group[0] - 1]]
+            values = np.concatenate([np.asarray(panels[(r, c)].z, dtype=float).ravel() for c in c_group])
+            assert ax.cmin == -ax.cmax  # centred at 0
+            assert ax.cmax == pytest.approx(np.nanmax(np.abs(values)))
+            assert ax.colorscale[0][1] == "rgb(103,0,31)"  # RdBu: low = red, high = blue
+    # rows differ
+    assert panels[(1, 1)].coloraxis != panels[(2, 1)].coloraxis
+
+
+def test_zmax_overrides_the_colour_range(classic, fake_med):
+    fig = plot.compare(classic, fake_med, zmax={"score": 1.0})
+    panels = _panel_traces(fig)
+    assert fig.layout[panels[(1, 1)].coloraxis].cmax == 1.0
+    assert fig.layout[panels[(1, 2)].coloraxis].cmax != 1.0
+
+
+def test_colourbar_titles_state_sign_and_normalization(classic, resampled):
+    fig = plot.compare(classic, resampled)
+    panels = _panel_traces(fig)
+    score_title = fig.layout[panels[(1, 1)].coloraxis].colorbar.title.text
+    aie_title = fig.layout[panels[(1, 2)].coloraxis].colorbar.title.text
+    assert "(patched − corrupt) / (clean − corrupt)" in score_title and "blue" in score_title
+    assert METRIC.name in aie_title and "blue > 0" in aie_title
+
+
+def test_position_axes_use_token_labels_or_pos_fallback(classic, fake_med):
+    fig = plot.compare(classic, fake_med)
+    ticks = list(fig.get_subplot(1, 1).xaxis.ticktext)
+    assert ticks == classic.tokens[-3:]                  # e.g. ["w7_2", "w8_3", "w9_4"]
+    assert all(t.rsplit("_", 1)[1].isdigit() for t in ticks)
+    fig = plot.compare(fake_med)                         # no tokens anywhere
+    assert list(fig.get_subplot(1, 1).xaxis.ticktext) == ["pos -3", "pos -2", "pos -1"]
+    assert list(fig.get_subplot(2, 1).xaxis.ticktext) == ["0", "1", "2", "3"]
+
+
+def test_hover_shows_node_value_interval_and_diagnostics(fake_med, resampled):
+    fig = plot.compare(resampled, fake_med)
+    panels = _panel_traces(fig)
+    text = panels[(3, 3)].text[1][2]  # heads @ -1, EB adjusted, L1H2
+    assert "L1H2@-1" in text and "95% interval" in text and "ESS" in text and "γ" in text and "status" in text
+    z = np.asarray(panels[(3, 1)].z, dtype=float)   # resample was run on a sample of nodes
+    missing = np.argwhere(np.isnan(z))
+    assert len(missing) > 0
+    i, j = missing[0]
+    assert panels[(3, 1)].text[i][j] == "not computed"
+
+
+def test_titles_argument_checks_its_length(classic, fake_med):
+    fig = plot.compare(classic, fake_med, titles=["A", "B", "C"])
+    assert [a.text for a in fig.layout.annotations][:3] == ["A", "B", "C"]
+    fig = plot.compare(classic, fake_med, titles={"eb:adjusted": "deconfounded"})
+    assert "deconfounded" in [a.text for a in fig.layout.annotations]
+    with pytest.raises(cp.InputError, match=r"one title per column \(3"):
+        plot.compare(classic, fake_med, titles=["A", "B"])
+
+
+def test_compare_rejects_what_is_not_a_result():
+    with pytest.raises(cp.InputError, match="PatchingResult"):
+        plot.compare(object())
+    with pytest.raises(cp.InputError, match="lacks"):
+        plot.compare(pd.DataFrame({"node": ["x"], "value": [1.0]}))
+
+
+# ----------------------------------------------------------------------------- other figures
+
+
+def test_localization_reports_the_top_ten_percent_share():
+    rows = [dict(node=f"MLP{i}@-1", kind="mlp", layer=i, head=None, pos=-1, method=m, value=v, metric="y")
+            for m, vals in (("eb:unadjusted", [10.0] + [1.0] * 19), ("eb:adjusted", [1.0] * 20))
+            for i, v in enumerate(vals)]
+    fig = plot.localization(pd.DataFrame(rows))
+    shares = fig.layout.meta["top_share"]
+    assert shares["EB-AIE unadjusted"] == pytest.approx(11 / 29)   # top 2 of 20 nodes: 10 + 1 of 29
+    assert shares["EB-AIE adjusted"] == pytest.approx(0.1)
+    assert "38% (EB-AIE unadjusted)" in fig.layout.title.text and "10% (EB-AIE adjusted)" in fig.layout.title.text
+    lines = [t for t in fig.data if t.name == "EB-AIE unadjusted" and t.xaxis == "x"]
+    assert list(lines[0].y[:2]) == [10.0, 1.0]  # sorted by magnitude
+
+
+def test_diagnostics_draws_ess_imbalance_gamma_with_status_colours(fake_med):
+    fig = plot.diagnostics(fake_med)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles[:4] == ["ESS", "imbalance ‖Gᵀw‖∞", "γ chosen", "winsorized share"]
+    ess = [t for t in fig.data if t.name == "EB-AIE adjusted" and t.y is not None and len(t.y) > 1][0]
+    assert ess.marker.color[0] == plot.STATUS_COLORS["infeasible"]
+    assert ess.marker.color[1] == plot.STATUS_COLORS["converged"]
+    assert "2 infeasible" in fig.layout.title.text  # node 0, both estimators
+
+
+def test_diagnostics_needs_diagnostic_columns(classic):
+    with pytest.raises(cp.InputError, match="ess / imbalance / gamma"):
+        plot.diagnostics(classic)
+
+
+def test_agreement_gives_spearman_and_pearson(nodes):
+    base = [dict(node=n.label, kind=n.kind, layer=n.layer, head=getattr(n, "head", None), pos=n.pos, method="a",
+                 value=float(k - 5)) for k, n in enumerate(nodes)]
+    cubed = [{**r, "method": "b", "value": r["value"] ** 3} for r in base]
+    fig = plot.agreement(pd.DataFrame(base), pd.DataFrame(cubed))
+    assert fig.layout.meta["spearman"] == pytest.approx(1.0)
+    assert 0.8 < fig.layout.meta["pearson"] < 1.0
+    assert "Spearman ρ = 1.00" in fig.layout.title.text
+    assert f"Pearson r = {fig.layout.meta['pearson']:.2f}" in fig.layout.title.text
+    with pytest.raises(cp.InputError, match="no node in common"):
+        plot.agreement(pd.DataFrame(base[:2]), pd.DataFrame(cubed[3:]))
+
+
+def test_agreement_picks_the_adjusted_estimate_of_a_mediation(classic, fake_med):
+    fig = plot.agreement(classic, fake_med)
+    assert fig.layout.title.text.startswith("EB-AIE adjusted vs Classic patching")
+    fig = plot.agreement(fake_med, fake_med, method_a="eb:unadjusted")
+    assert "EB-AIE adjusted vs EB-AIE unadjusted" in fig.layout.title.text
+    with pytest.raises(cp.InputError, match="no method 'nope'"):
+        plot.agreement(classic, fake_med, method_b="nope")
+
+
+# ----------------------------------------------------------------------------- saving and the report
+
+
+def test_save_html_is_self_contained(tmp_path, classic):
+    path = plot.save(plot.compare(classic), tmp_path / "fig.html")
+    text = path.read_text()
+    assert "<script src=" not in text and 'src="https://' not in text  # no CDN
+    assert len(text) > 1_000_000  # plotly.js is inside
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.html"]
+    with pytest.raises(cp.InputError, match=".html"):
+        plot.save(plot.compare(classic), tmp_path / "fig.txt")
+
+
+def test_save_png_without_kaleido_says_how_to_install(tmp_path, classic):
+    pytest.importorskip("plotly")
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install kaleido"):
+            plot.save(plot.compare(classic), tmp_path / "fig.png")
+        assert list(tmp_path.iterdir()) == []
+    else:  # pragma: no cover - depends on the environment
+        pytest.skip("kaleido is installed; PNG export is exercised by users' environments")
+
+
+def test_report_is_one_offline_file_with_plotlyjs_once(tmp_path, classic, resampled, fake_med):
+    from plotly.offline import get_plotlyjs
+
+    path = write_report(tmp_path / "r.html", {"classic": classic, "resample": resampled, "mediation": fake_med},
+                        title="Tiny <report>", notes="first <b>note</b>\n\nsecond", settings={"seed": 0})
+    text = path.read_text()
+    assert text.count(get_plotlyjs()[:300]) == 1
+    assert "<script src=" not in text and 'src="https://' not in text
+    for section in ("Summary", "Settings", "How to read this", "Per-node effects", "Localization",
+                    "Weight diagnostics", "Agreement between methods"):
+        assert f"<h2>{section}" in text
+    assert "Tiny &lt;report&gt;" in text and "first &lt;b&gt;note&lt;/b&gt;" in text
+    assert "exactly 0" in text and "non-additivity" in text
+    assert text.count('class="plotly-graph-div"') >= 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
+
+
+def test_report_rejects_an_empty_dict(tmp_path):
+    with pytest.raises(cp.InputError, match="non-empty dict"):
+        write_report(tmp_path / "r.html", {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_figures_of_a_real_mediation_result(model, nodes, tmp_path):
+    hf, tok = model
+    prompts = tiny.prompts(60, seed=1, lo=4, hi=7)
+    med = cp.mediate(hf, prompts, nodes, outcome=METRIC, n_topics=2, K=10, d_q=2, d_n=2, n_boot=10,
+                     tokenizer=tok, progress=False)
+    fig = plot.compare(med)
+    assert [a.text for a in fig.layout.annotations][:2] == ["EB-AIE unadjusted", "EB-AIE adjusted"]
+    values = np.asarray(_panel_traces(fig)[(4, 2)].z, dtype=float)
+    df = med.to_dataframe()
+    mlp1 = df[(df.method == "eb:adjusted") & (df.node == "MLP1@-1")].value.item()
+    assert values[1, 0] == pytest.approx(mlp1, nan_ok=True)
+    plot.diagnostics(med)
+    loc = plot.localization(med)
+    assert set(loc.layout.meta["top_share"]) == {"EB-AIE unadjusted", "EB-AIE adjusted"}
+    write_report(tmp_path / "r.html", {"mediation": med})
+    assert (tmp_path / "r.html").stat().st_size > 1_000_000

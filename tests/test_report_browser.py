@@ -1,0 +1,123 @@
+"""The HTML report in a real browser: headless Chromium draws every figure, with no JavaScript error.
+
+Chromium is Debian's ``chromium`` package; when it is missing and this runs
+as root with apt-get, the module installs it, otherwise it skips with the
+reason printed.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+import confounded_patching as cp
+import tiny
+from confounded_patching.report import write_report
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000"]
+METRIC = cp.metrics.logit_diff(10, 11)
+
+
+def _find():
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _install() -> str:
+    """Try ``apt-get install chromium``; return why it could not be done ('' on success)."""
+    if shutil.which("apt-get") is None:
+        return "apt-get is not available"
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        return "not root, so apt-get cannot install it"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600, check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], env=env, capture_output=True, timeout=900,
+                       check=True)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as err:
+        return f"apt-get install chromium failed: {str(err)[:200]}"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    path = _find()
+    if path is None:
+        why = _install()
+        path = _find()
+        if path is None:
+            reason = f"headless Chromium is not installed and could not be installed ({why or 'not found after install'})"
+            print(reason)
+            pytest.skip(reason)
+    return path
+
+
+def _open(chromium, page, tmp_path, *extra):
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+    cmd = [chromium, *FLAGS, f"--user-data-dir={profile}", *extra, page.resolve().as_uri()]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+def _js_errors(stderr: str) -> list:
+    """Console lines that report an error (Chromium logs the page's console to stderr as ``CONSOLE``)."""
+    return [line for line in stderr.splitlines()
+            if "CONSOLE" in line and re.search(r"Uncaught|Error|error", line)]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    hf, tok = tiny.hf_model("gpt2"), tiny.tokenizer()
+    nodes = (cp.nodes(hf, kinds=("mlp", "head"), positions=(-1,)) + cp.nodes(hf, kinds=("resid",),
+                                                                              positions=(-2, -1)))
+    clean = ["w5 w6 w7 w8 w9", "w11 w12 w13 w14 w15"]
+    corrupt = ["w5 w6 w30 w8 w9", "w11 w40 w13 w14 w15"]
+    classic = cp.patch(hf, clean, corrupt, nodes, METRIC, tokenizer=tok, progress=False)
+    prompts = tiny.prompts(40, seed=3, lo=4, hi=7)
+    resampled = cp.resample(hf, prompts, nodes[::2], METRIC, n_pairs=6, tokenizer=tok, progress=False)
+    med = cp.mediate(hf, prompts, nodes, outcome=METRIC, n_topics=2, K=10, d_q=2, d_n=2, n_boot=10, tokenizer=tok,
+                     progress=False)
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    write_report(path, {"classic": classic, "resample": resampled, "mediation": med}, title="Browser test")
+    return path
+
+
+def test_console_errors_are_detected(chromium, tmp_path):
+    """The check below would catch a broken page (guards against a silently blind test)."""
+    page = tmp_path / "broken.html"
+    page.write_text("<html><body><script>no_such_function();</script></body></html>")
+    result = _open(chromium, page, tmp_path, "--dump-dom")
+    assert any("Uncaught ReferenceError" in line for line in _js_errors(result.stderr)), result.stderr[-2000:]
+
+
+def test_report_draws_every_figure_without_javascript_errors(chromium, report, tmp_path):
+    result = _open(chromium, report, tmp_path, "--dump-dom")
+    dom = result.stdout
+    assert not _js_errors(result.stderr), _js_errors(result.stderr)
+    n_figures = report.read_text().count('class="plotly-graph-div"')
+    assert n_figures >= 5  # compare, localization, diagnostics, agreement scatters
+    assert dom.count('class="main-svg"') >= 2 * n_figures  # plotly drew an <svg> for every figure
+    # compare: 3 rows (resid, heads, MLP) x 4 columns of heatmaps, each drawn as an image in a "hm" layer
+    assert dom.count('class="hm"') == 12
+    assert len(re.findall(r'<g class="hm"[^>]*><image', dom)) == 12
+    assert "colorbar" in dom and "Classic patching (denoise)" in dom and "EB-AIE adjusted" in dom
+
+
+def test_report_screenshot(chromium, report, tmp_path):
+    shot = tmp_path / "report.png"
+    result = _open(chromium, report, tmp_path, f"--screenshot={shot}", "--window-size=1400,2000",
+                   "--hide-scrollbars")
+    assert shot.exists(), result.stderr[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (1400, 2000)
+    assert len(data) > 100_000  # a page of tables and heatmaps, not a blank one
+    assert not _js_errors(result.stderr)
+    print(f"screenshot: {shot}")
