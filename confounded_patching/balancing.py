@@ -252,7 +252,7 @@ class _Factored:
             if self.squares:
                 parts.append(w @ self.sq)
             parts.append(torch.bmm(w.unsqueeze(1), self.z).squeeze(1))
-            wz = self.zt * w.T.repeat_interleave(dz, dim=1)  # [m, B*dz]
+            wz = (self.zt.view(m, B, dz) * w.T.unsqueeze(-1)).view(m, B * dz)
             qz = (self.q.T @ wz).view(dq, B, dz).permute(1, 0, 2)
         else:
             wb = w.unsqueeze(1)
@@ -311,8 +311,11 @@ def _kkt_residual(grad, lam, gamma):
 
 def _certificate(op, lam, gamma):
     """True where min_i g_i^T lam > sum_k gamma_k |lam_k| (with a rounding margin): primal infeasible."""
-    s = op.scores(lam)  # -G lam
-    lhs = -s.amax(-1)
+    return _certificate_from_scores(op.scores(lam), lam, gamma)
+
+
+def _certificate_from_scores(s, lam, gamma):
+    lhs = -s.amax(-1)  # s = -G lam
     rhs = (gamma * lam.abs()).sum(-1)
     scale = lam.abs().sum(-1) * 1e-9 + 1e-12
     return (lhs - rhs > scale) & (lam.abs().sum(-1) > 0)
@@ -347,22 +350,24 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
     L = torch.ones(B, dtype=dt, device=dev)
     slack = 50 * torch.finfo(dt).eps
 
-    def logw_grad(o, v):
-        s = _with_offset(o, o.scores(v))
-        logw = torch.log_softmax(s, dim=-1)
+    def logw_from(o, s):
+        logw = torch.log_softmax(_with_offset(o, s), dim=-1)
         return logw, -o.moments(torch.exp(logw))
 
-    def decrease(o, logw, d):  # f(y + d) - f(y) = log sum_i w_i exp(ds_i), accurate for small steps
-        ds = o.scores(d)
+    def decrease(logw, ds):  # f(y + d) - f(y) = log sum_i w_i exp(ds_i), accurate for small steps
         small = torch.log1p((torch.exp(logw) * torch.expm1(ds.clamp(max=30.0))).sum(-1))
         big = torch.logsumexp(logw + ds, dim=-1)
         return torch.where(ds.amax(-1) < 30.0, small, big)
 
-    logw_y, g_y = logw_grad(cur_op, y)
+    # scores are linear in lam: s(x) and s(y) are carried along and refreshed exactly at each check
+    s_x = cur_op.scores(x)
+    s_y = s_x.clone()
+    logw_y, g_y = logw_from(cur_op, s_y)
     for it in range(1, max_iter + 1):
         x_new = _soft(y - g_y / L[:, None], g_act / L[:, None])
         d = x_new - y
-        df = decrease(cur_op, logw_y, d)
+        ds = cur_op.scores(d)
+        df = decrease(logw_y, ds)
         for _ in range(40):
             model = (g_y * d).sum(-1) + 0.5 * L * (d * d).sum(-1)
             bad = df > model + slack * (g_y.abs() * d.abs()).sum(-1)
@@ -372,22 +377,26 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
             L[idx] = L[idx] * 2.0
             x_new[idx] = _soft(y[idx] - g_y[idx] / L[idx, None], g_act[idx] / L[idx, None])
             d[idx] = x_new[idx] - y[idx]
-            df[idx] = decrease(cur_op.subset(idx), logw_y[idx], d[idx])
+            ds[idx] = cur_op.subset(idx).scores(d[idx])
+            df[idx] = decrease(logw_y[idx], ds[idx])
+        s_new = s_y + ds
         # gradient restart (O'Donoghue & Candes): momentum against the step
         restart = ((y - x_new) * (x_new - x)).sum(-1) > 0
         t_new = (1 + torch.sqrt(1 + 4 * t * t)) / 2
         beta = torch.where(restart, torch.zeros_like(t), (t - 1) / t_new)
         t = torch.where(restart, torch.ones_like(t), t_new)
         y = x_new + beta[:, None] * (x_new - x)
-        x = x_new
+        s_y = s_new + beta[:, None] * (s_new - s_x)
+        x, s_x = x_new, s_new
         L = L * 0.9
-        logw_y, g_y = logw_grad(cur_op, y)
-
         if it % check_every and it != max_iter:
+            logw_y, g_y = logw_from(cur_op, s_y)
             continue
-        _, g_x = logw_grad(cur_op, x)
+        s_x, s_y = cur_op.scores(x), cur_op.scores(y)  # refresh: no drift
+        logw_y, g_y = logw_from(cur_op, s_y)
+        _, g_x = logw_from(cur_op, s_x)
         done = _kkt_residual(g_x, x, g_act) <= tol
-        infeasible = _certificate(cur_op, x, g_act) & ~done
+        infeasible = _certificate_from_scores(s_x, x, g_act) & ~done
         stop = done | infeasible
         n_iter[active.cpu()] = it
         if not bool(stop.any()):
@@ -401,7 +410,7 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
             break
         cur_op = cur_op.subset(keep)
         g_act, x, y, t, L = g_act[keep], x[keep], y[keep], t[keep], L[keep]
-        logw_y, g_y = logw_y[keep], g_y[keep]
+        s_x, s_y, logw_y, g_y = s_x[keep], s_y[keep], logw_y[keep], g_y[keep]
     if active.numel():
         out[active] = x
     return _Solution(out, status, n_iter)

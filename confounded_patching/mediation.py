@@ -250,17 +250,21 @@ class GammaRule:
             (their largest |mean| after randomly permuting the node's rows,
             median over ``n_perm`` permutations).
         n_perm: permutations for the noise level.
+        step_max_iter: iteration budget of each path point after the
+            first; a point that does not converge within it ends the path.
     """
 
     ratio: float = 0.8
     n_steps: int = 16
-    pair_ess_floor: float = 0.2
+    pair_ess_floor: float = 0.1
     noise_floor: bool = True
     n_perm: int = 5
+    step_max_iter: int = 500
 
     def to_dict(self) -> dict:
         return {"rule": "pair_ess_floor+noise_floor", "ratio": self.ratio, "n_steps": self.n_steps,
-                "pair_ess_floor": self.pair_ess_floor, "noise_floor": self.noise_floor, "n_perm": self.n_perm}
+                "pair_ess_floor": self.pair_ess_floor, "noise_floor": self.noise_floor, "n_perm": self.n_perm,
+                "step_max_iter": self.step_max_iter}
 
 
 def noise_level(q: torch.Tensor, n: torch.Tensor, n_perm: int = 5, seed: int = 0) -> torch.Tensor:
@@ -321,26 +325,28 @@ def select_gamma(q, n, x, gamma_x, log_pi_x, dx, J, rule: GammaRule, *, squares:
     gmax = gamma_max_products(q, n)
     floor = noise_level(q, n, rule.n_perm, seed) if rule.noise_floor else torch.zeros_like(gmax)
     q64 = q.double()
-    chosen, lam, ref, steps, pess_sel = None, None, None, torch.zeros(B, dtype=torch.long), None
-    going = torch.ones(B, dtype=torch.bool)
-    for t in range(rule.n_steps + 1):
-        g = gmax * rule.ratio ** t
-        model = fit_eb(q, z, _prod_gamma(g, d_n, kx, gamma_x), squares=squares, tol=tol, max_iter=max_iter,
-                       lambda_init=lam)
-        conv = torch.tensor([st == "converged" for st in model.status])
-        lam = model.lam if lam is None else torch.where(conv[:, None], model.lam, lam)
-        pess = _pair_ess(log_pi_x, dx, _eb_log_ratio(model, q64, J, None))
-        if t == 0:
-            chosen, ref, pess_sel = model, pess.clone(), pess.clone()
-            going = conv & (g >= floor)
-            continue
-        ok = going & conv & (g >= floor) & (pess >= rule.pair_ess_floor * ref)
-        chosen = _merge(chosen, model, ok)
-        pess_sel = torch.where(ok, pess, pess_sel)
-        steps = torch.where(ok, torch.full_like(steps, t), steps)
-        going = ok
-        if not bool(going.any()):
+    model = fit_eb(q, z, _prod_gamma(gmax, d_n, kx, gamma_x), squares=squares, tol=tol, max_iter=max_iter)
+    ref = _pair_ess(log_pi_x, dx, _eb_log_ratio(model, q64, J, None))
+    chosen, pess_sel, lam = model, ref.clone(), model.lam
+    steps = torch.zeros(B, dtype=torch.long)
+    going = torch.tensor([st == "converged" for st in model.status]) & (gmax >= floor)
+    for t in range(1, rule.n_steps + 1):
+        idx = torch.nonzero(going).flatten()
+        if idx.numel() == 0:
             break
+        g = gmax[idx] * rule.ratio ** t
+        sub = fit_eb(q, z[idx], _prod_gamma(g, d_n, kx, gamma_x), squares=squares, tol=tol,
+                     max_iter=rule.step_max_iter, lambda_init=lam[idx])
+        conv = torch.tensor([st == "converged" for st in sub.status])
+        pess = _pair_ess(log_pi_x, dx, _eb_log_ratio(sub, q64, J, None))
+        ok = conv & (g >= floor[idx]) & (pess >= rule.pair_ess_floor * ref[idx])
+        keep = idx[ok]
+        if keep.numel():
+            chosen = _merge(chosen, sub.select(torch.nonzero(ok).flatten()), keep)
+            pess_sel[keep] = pess[ok]
+            steps[keep] = t
+            lam[keep] = sub.lam[ok]
+        going[idx[~ok]] = False
     info = {"gamma_max": gmax, "gamma_noise": floor, "pair_ess": pess_sel, "steps": steps}
     return chosen, info
 
@@ -363,15 +369,16 @@ def select_gamma_x(q, x, rule: GammaRule, *, squares: bool, tol: float, max_iter
     return chosen, {"gamma_max": gmax, "gamma_noise": floor}
 
 
-def _merge(old: RatioModel, new: RatioModel, take: torch.Tensor) -> RatioModel:
-    t1 = take[:, None]
-    return RatioModel(
-        torch.where(t1, new.a, old.a), torch.where(take[:, None, None], new.U, old.U),
-        torch.where(t1, new.log_pi, old.log_pi),
-        [nw if bool(tk) else o for o, nw, tk in zip(old.status, new.status, take)],
-        torch.where(take, new.gamma, old.gamma), torch.where(take, new.ess, old.ess),
-        torch.where(take, new.imbalance, old.imbalance), torch.where(take, new.n_iter, old.n_iter),
-        torch.where(t1, new.lam, old.lam))
+def _merge(old: RatioModel, new: RatioModel, idx: torch.Tensor) -> RatioModel:
+    """``old`` with problems ``idx`` replaced by the rows of ``new`` (one row per index)."""
+    a, U, log_pi, lam = old.a.clone(), old.U.clone(), old.log_pi.clone(), old.lam.clone()
+    gamma, ess, imb, n_iter = old.gamma.clone(), old.ess.clone(), old.imbalance.clone(), old.n_iter.clone()
+    status = list(old.status)
+    a[idx], U[idx], log_pi[idx], lam[idx] = new.a, new.U, new.log_pi, new.lam
+    gamma[idx], ess[idx], imb[idx], n_iter[idx] = new.gamma, new.ess, new.imbalance, new.n_iter
+    for k, i in enumerate(idx.tolist()):
+        status[i] = new.status[k]
+    return RatioModel(a, U, log_pi, status, gamma, ess, imb, n_iter, lam)
 
 
 # ----------------------------------------------------------------------------- the estimator

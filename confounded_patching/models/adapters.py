@@ -209,6 +209,9 @@ class NNsightAdapter(_HFGrad, Adapter, _HFInputs):
 
         inputs = self._hf_inputs(self.module, batch, logits)
         n_heads = self.spec.n_heads
+        if kwargs.get("remote"):
+            self._check_remote(kwargs["remote"])
+            _register_for_remote()
         want = [None]
         with torch.no_grad(), self.model.trace(**inputs, **kwargs):
             out = nnsight.save({})
@@ -218,6 +221,18 @@ class NNsightAdapter(_HFGrad, Adapter, _HFInputs):
                 want = nnsight.save([_gather_last(self.model.output.logits, batch)])
         return dict(out), want[0]
 
+    def _check_remote(self, remote) -> None:
+        if remote == "local":  # nnsight's serialisation dry run, in-process
+            return
+        try:
+            self.model.to_model_key()
+        except Exception as err:  # noqa: BLE001 - nnsight raises several types here
+            raise InputError(
+                "remote execution needs a model that nnsight names by repo id, e.g. "
+                "nnsight.TransformersModel('meta-llama/Llama-3.1-70B'); this model wraps a module loaded "
+                f"locally ({type(err).__name__}: {err}). Use remote='local' for a serialisation dry run."
+            ) from None
+
     def capture_in_trace(self, plan: Plan) -> dict:
         """Perform ``plan`` inside the caller's open trace; returns the saved reads dict."""
         import nnsight
@@ -226,6 +241,17 @@ class NNsightAdapter(_HFGrad, Adapter, _HFInputs):
         for site in plan.sites():
             apply(plan, site, self.envoy(*site), self.spec.n_heads, out)
         return out
+
+
+def _register_for_remote() -> None:
+    """Ship this package's code by value with remote requests (the server does not have it installed).
+
+    Done only when a caller asks for remote execution: it adds the package to
+    cloudpickle's by-value registry.
+    """
+    import nnsight
+
+    nnsight.register(__name__.split(".")[0])
 
 
 class HFAdapter(_HFGrad, Adapter, _HFInputs):
