@@ -473,8 +473,11 @@ def main(argv=None) -> int:
         out = Path(args.out).expanduser().resolve()
         if out.exists() and not out.is_dir():
             raise UsageError(f"--out {args.out}: exists and is not a folder")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        except OSError as err:
+            raise UsageError(f"--out {args.out}: cannot write there ({err.strerror or err})") from None
         if args.quiet:
             os.environ.setdefault("TQDM_DISABLE", "1")
         _pipeline(args, opts, tmp, log)

@@ -126,8 +126,9 @@ def mediate(
     """Deconfounded EB-AIE of every node, next to the unadjusted estimate.
 
     Args:
-        model: nnsight, TransformerLens or HF model (with ``tokenizer``).
-        prompts: the prompts (strings or token ids).
+        model: nnsight, TransformerLens or HF model (with ``tokenizer``); may be
+            None when ``activations`` are given.
+        prompts: the prompts (strings or token ids); unused with ``activations``.
         nodes: nodes with integer positions (default: every MLP and head at
             the last position, ``cp.nodes(model, kinds=("mlp", "head"))``).
         outcome: a metric on last-position logits (e.g.
@@ -155,17 +156,24 @@ def mediate(
         ...               outcome=cp.metrics.logit_diff(" he", " she"), confounder=data.topics)
         >>> res.to_dataframe().head()
     """
-    adapter = adapt(model, tokenizer)
-    if nodes is None:
-        from .nodes import nodes as all_nodes
+    if model is None and activations is None:
+        raise InputError("mediate needs a model, or activations=... from a previous collect()")
+    if model is None:
+        nodes = list(activations.nodes if nodes is None else nodes)
+        n_layers = activations.meta.get("n_layers", 1)
+    else:
+        adapter = adapt(model, tokenizer)
+        if nodes is None:
+            from .nodes import nodes as all_nodes
 
-        nodes = all_nodes(n_layers=adapter.spec.n_layers, n_heads=adapter.spec.n_heads, kinds=("mlp", "head"))
-    nodes = check_nodes(adapter, nodes)
+            nodes = all_nodes(n_layers=adapter.spec.n_layers, n_heads=adapter.spec.n_heads, kinds=("mlp", "head"))
+        nodes = check_nodes(adapter, nodes)
+        n_layers = adapter.spec.n_layers
     if outcome is None:
         raise InputError("outcome is required: a metric on last-position logits, or a vector of labels [m]")
     metric = outcome if callable(outcome) else None
     if embed_layer is None:
-        embed_layer = adapter.spec.n_layers // 4
+        embed_layer = n_layers // 4
     if activations is None:
         activations = collect(adapter, prompts, nodes, batch_size=batch_size, metric=metric,
                               embed_layer=embed_layer if query is None else None, progress=progress, remote=remote)
@@ -177,7 +185,8 @@ def mediate(
     if query is None:
         if activations.embedding is None:
             raise InputError("activations hold no query embedding; pass query=... or collect(..., embed_layer=...)")
-        q, query_name = activations.embedding, f"mean residual stream entering layer {embed_layer}"
+        layer = activations.meta.get("embed_layer", embed_layer)
+        q, query_name = activations.embedding, f"mean residual stream entering layer {layer}"
     else:
         q, query_name = query, "user arrays"
     topics = None

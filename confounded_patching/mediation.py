@@ -55,7 +55,7 @@ from .errors import InputError, describe
 from .balancing import EntropyBalancer
 from .results import Result
 from .topics import _standardize, confounder_features, pca
-from .weighting import RatioModel, fit_eb, fit_gaussian, fit_topic_gaussian, gamma_max_products
+from .weighting import RatioModel, embed_lambda_x, fit_eb, fit_gaussian, fit_topic_gaussian, gamma_max_products
 
 __all__ = ["aie", "aie_many", "AIEResult", "AIETable", "pair_index", "select_gamma", "GammaRule"]
 
@@ -294,7 +294,7 @@ def _prod_gamma(g: torch.Tensor, d_n: int, kx: int, gamma_x: float) -> torch.Ten
 
 
 def select_gamma(q, n, x, gamma_x, log_pi_x, dx, J, rule: GammaRule, *, squares: bool, tol: float,
-                 max_iter: int, seed: int = 0):
+                 max_iter: int, seed: int = 0, lambda_x=None):
     """Entropy-balancing node models with gamma chosen per node by the ``"auto"`` rule.
 
     Rule: walk the product tolerance down ``gamma_t = gamma_max * ratio^t``
@@ -314,6 +314,8 @@ def select_gamma(q, n, x, gamma_x, log_pi_x, dx, J, rule: GammaRule, *, squares:
     stay stable. Chosen by measurement against planted truth
     (``docs/estimator.md``, ``benchmarks/accuracy.py``).
 
+    ``lambda_x`` (``pi_x``'s dual) warm-starts the top of the path.
+
     Returns:
         (model, info): the selected :class:`RatioModel` and per-node arrays
         ``gamma_max``, ``gamma_noise``, ``pair_ess`` (at the selected point)
@@ -325,7 +327,11 @@ def select_gamma(q, n, x, gamma_x, log_pi_x, dx, J, rule: GammaRule, *, squares:
     gmax = gamma_max_products(q, n)
     floor = noise_level(q, n, rule.n_perm, seed) if rule.noise_floor else torch.zeros_like(gmax)
     q64 = q.double()
-    model = fit_eb(q, z, _prod_gamma(gmax, d_n, kx, gamma_x), squares=squares, tol=tol, max_iter=max_iter)
+    init = None
+    if lambda_x is not None:
+        init = embed_lambda_x(lambda_x.to(q.dtype), q.shape[1], d_n, kx, squares=squares).expand(B, -1)
+    model = fit_eb(q, z, _prod_gamma(gmax, d_n, kx, gamma_x), squares=squares, tol=tol, max_iter=max_iter,
+                   lambda_init=init)
     ref = _pair_ess(log_pi_x, dx, _eb_log_ratio(model, q64, J, None))
     chosen, pess_sel, lam = model, ref.clone(), model.lam
     steps = torch.zeros(B, dtype=torch.long)
@@ -576,7 +582,8 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         chunk_size: nodes solved together; bounds memory at about
             ``chunk_size * m * K * 8`` bytes per temporary.
         dtype: solver precision (float32 default here; AIE sums are float64).
-        tol: KKT tolerance of the solver (default ``1e-3 / sqrt(m)``).
+        tol: KKT tolerance of the solver, in correlation units (default ``1e-4``;
+            the sampling noise of a correlation at m = 1000 is about 0.03).
         gamma_rule: knobs of the ``"auto"`` rule.
 
     Returns:
@@ -616,7 +623,7 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
     dq_eff = min(d_q, qraw.shape[1])
     _check_size(m, dq_eff, min(d_n, max(_width(a) for a in node_list)) + kx)
     rule = gamma_rule or GammaRule()
-    tol = tol if tol is not None else 1e-3 / math.sqrt(m)
+    tol = tol if tol is not None else 1e-4
     squares = features == "squares"
 
     q64 = _coords("query", qraw, d_q, seed)
@@ -635,12 +642,13 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         log_pi_x = xmodel.log_pi[0].to(torch.float64)
         dx_all = _eb_log_ratio(xmodel, q64, J, None)[0]
         gx = float(xmodel.gamma[0])
+        lam_x = xmodel.lam[0] if getattr(xmodel, "lam", None) is not None else None
         diag_x = (gx, float(xmodel.ess[0]), float(xmodel.imbalance[0]), xmodel.status[0])
         if xmodel.status[0] == "converged" and float(xmodel.ess[0]) < 0.1 * m:
             warnings.warn(f"the confounder model pi_x has ESS {float(xmodel.ess[0]):.0f} of {m} prompts: the topics "
                           "barely overlap in query space, so the adjusted AIE rests on extrapolation", stacklevel=2)
     else:
-        gx = 0.0
+        gx, lam_x = 0.0, None
         log_pi_x = torch.zeros(m, dtype=torch.float64)
         dx_all = torch.zeros(m, J.shape[1], dtype=torch.float64)
         diag_x = (float("nan"), float("nan"), float("nan"), "none")
@@ -660,7 +668,7 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
             model = fit_gaussian(q, z, log_f_q=None if log_f_q is None else log_f_q.to(dtype), squares=squares)
         elif gamma == "auto":
             model, info = select_gamma(q, n, x, gx, log_pi_x, dx_all, J, rule, squares=squares, tol=tol,
-                                       max_iter=max_iter, seed=seed)
+                                       max_iter=max_iter, seed=seed, lambda_x=lam_x)
             noise = info["gamma_noise"]
         else:
             g = _prod_gamma(torch.full((B,), float(gamma), dtype=dtype), n.shape[2], kx, gx)

@@ -39,7 +39,8 @@ import numpy as np
 
 from .errors import InputError, describe
 
-__all__ = ["compare", "localization", "diagnostics", "agreement", "save", "METHOD_TITLES", "STATUS_COLORS"]
+__all__ = ["compare", "localization", "diagnostics", "agreement", "save", "top_share", "correlations",
+           "METHOD_TITLES", "STATUS_COLORS"]
 
 #: Default column titles per ``method`` value of ``to_dataframe()``.
 METHOD_TITLES = {
@@ -553,7 +554,7 @@ def diagnostics(result):
                                  marker=dict(color="#bbbbbb", symbol=symbol, size=8, line=dict(width=1, color="#333"))),
                       row=1, col=1)
         for r, (k, t) in enumerate(panels, start=1):
-            fig.add_trace(go.Scatter(x=sub["node"], y=pd_float(sub[k]), mode="markers", name=title,
+            fig.add_trace(go.Scatter(x=sub["node"], y=_as_float(sub[k]), mode="markers", name=title,
                                      legendgroup=method, showlegend=False,
                                      marker=dict(color=colors, symbol=symbol, size=6,
                                                  line=dict(width=0.5, color="#333")),
@@ -582,7 +583,7 @@ def diagnostics(result):
     return fig
 
 
-def pd_float(series) -> np.ndarray:
+def _as_float(series) -> np.ndarray:
     import pandas as pd
 
     return pd.to_numeric(series, errors="coerce").astype(float).to_numpy()
@@ -661,7 +662,7 @@ def agreement(a, b, *, method_a: str | None = None, method_b: str | None = None)
         for axis, side in (("x", left), ("y", right)):
             if "ci_low" in side.columns and "ci_high" in side.columns:
                 v = side["value"].to_numpy(float)[m]
-                lo, hi = pd_float(side["ci_low"])[m], pd_float(side["ci_high"])[m]
+                lo, hi = _as_float(side["ci_low"])[m], _as_float(side["ci_high"])[m]
                 err[f"error_{axis}"] = dict(type="data", array=np.nan_to_num(hi - v), arrayminus=np.nan_to_num(v - lo),
                                             thickness=0.7, width=0, color="rgba(0,0,0,0.25)")
         hover = [f"<b>{n}</b><br>{ca.title}: {_fmt(u)}<br>{cb.title}: {_fmt(w)}"

@@ -36,7 +36,8 @@ import torch
 
 from .balancing import EntropyBalancer, _Factored, feature_layout
 
-__all__ = ["RatioModel", "TopicGaussian", "fit_eb", "fit_gaussian", "fit_topic_gaussian", "gamma_max_products"]
+__all__ = ["RatioModel", "TopicGaussian", "fit_eb", "fit_gaussian", "fit_topic_gaussian", "gamma_max_products",
+           "embed_lambda_x"]
 
 
 @dataclass
@@ -129,6 +130,24 @@ def fit_eb(q, z, gamma, *, squares=True, gamma_marginal=0.0, tol=1e-6, max_iter=
     eb = EntropyBalancer(gam, tol=tol, max_iter=max_iter, dtype=q.dtype, device=q.device)
     eb.fit_factored(q, z, squares=squares, standardize=False, lambda_init=lambda_init)
     return _from_lambda(q, z, eb.lambda_, squares, eb, per_z[:, 0] if gamma.ndim == 2 else gamma)
+
+
+def embed_lambda_x(lam_x: torch.Tensor, d_q: int, d_n: int, kx: int, *, squares: bool = True) -> torch.Tensor:
+    """Place ``pi_x``'s dual ``[p_x]`` (features of ``(q, x)``) into the layout of ``(q, [n, x])``: ``[p]``.
+
+    The node's columns get 0, so the node model starts from ``pi_x``'s
+    solution (a warm start for the top of the gamma path).
+    """
+    lx = feature_layout(d_q, kx, squares=squares)
+    lz = feature_layout(d_q, d_n + kx, squares=squares)
+    out = torch.zeros(lz["qz"].stop, dtype=lam_x.dtype)
+    out[lz["q"]] = lam_x[lx["q"]]
+    if squares:
+        out[lz["q2"]] = lam_x[lx["q2"]]
+    out[lz["z"].start + d_n: lz["z"].stop] = lam_x[lx["z"]]
+    qz = out[lz["qz"]].view(d_q, d_n + kx)
+    qz[:, d_n:] = lam_x[lx["qz"]].view(d_q, kx)
+    return out
 
 
 def _from_lambda(q, z, lam, squares, eb, gamma):

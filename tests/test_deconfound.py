@@ -21,7 +21,7 @@ def setup():
 def test_mediate_equals_its_parts(setup):
     model, prompts, nodes = setup
     metric = cp.metrics.logit_diff("w3", "w4")
-    kw = dict(K=30, n_boot=10, d_q=8, d_n=8, seed=1)
+    kw = dict(K=30, n_boot=10, d_q=8, d_n=8, seed=1, gamma=0.2, gamma_x=0.1)
     res = cp.mediate(model, prompts, nodes, metric, n_topics=3, embed_layer=1, progress=False, **kw)
     acts = cp.collect(model, prompts, nodes, metric=metric, embed_layer=1, progress=False)
     topics = kmeans_topics(acts.embedding, k=3, seed=1)
@@ -44,7 +44,7 @@ def test_mediate_with_labels_and_reused_activations(setup, tmp_path):
     labels = (rng.random(len(prompts)) < 0.3).astype(float)
     topics = np.array(["a", "b"] * (len(prompts) // 2))
     res = cp.mediate(model, prompts, nodes, labels, confounder=topics, activations=acts, K=20, n_boot=0, d_q=6,
-                     d_n=6, progress=False)
+                     d_n=6, gamma=0.2, gamma_x=0.1, progress=False)
     assert res.outcome_name == "labels" and np.array_equal(res.outcome, labels)
     back = cp.MediationResult.load(res.save(tmp_path / "med"))
     np.testing.assert_array_equal(back.adjusted.value, res.adjusted.value)

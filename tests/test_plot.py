@@ -315,6 +315,7 @@ def test_report_rejects_an_empty_dict(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.filterwarnings("ignore:the confounder model")
 def test_figures_of_a_real_mediation_result(model, nodes, tmp_path):
     hf, tok = model
     prompts = tiny.prompts(60, seed=1, lo=4, hi=7)
@@ -331,3 +332,20 @@ def test_figures_of_a_real_mediation_result(model, nodes, tmp_path):
     assert set(loc.layout.meta["top_share"]) == {"EB-AIE unadjusted", "EB-AIE adjusted"}
     write_report(tmp_path / "r.html", {"mediation": med})
     assert (tmp_path / "r.html").stat().st_size > 1_000_000
+
+
+def test_nodes_patched_at_every_position_get_their_own_labels():
+    rows = [dict(node=f"L{l}H{h}", kind="head", layer=l, head=h, pos=None, method="patch:exact", value=0.1 * h,
+                 direction="denoise") for l in range(2) for h in range(3)]
+    rows += [dict(node=f"R{l}", kind="resid", layer=l, head=None, pos=None, method="patch:exact", value=1.0,
+                  direction="denoise") for l in range(2)]
+    fig = plot.compare(pd.DataFrame(rows))
+    assert fig.get_subplot(1, 1).yaxis.title.text.startswith("Residual stream")
+    assert list(fig.get_subplot(1, 1).xaxis.ticktext) == ["all positions"]
+    assert fig.get_subplot(2, 1).yaxis.title.text.startswith("Attention heads @ all positions")
+
+
+def test_report_of_classic_patching_alone_skips_the_aie_figures(tmp_path, classic):
+    text = write_report(tmp_path / "r.html", {"classic": classic}).read_text()
+    assert "<h2>Per-node effects" in text
+    assert "<h2>Localization" not in text and "<h2>Weight diagnostics" not in text

@@ -1,0 +1,255 @@
+"""The AIE estimator against planted truth, its variants, its results and its input errors.
+
+Designs (``confounded_patching.simulate``): a Gaussian-topic SEM whose AIE
+is ``-tr(C B Sigma_Q)`` for a causal node and 0 for a topic-only node; an
+additive outcome (AIE 0 for every node); a randomised query. Low
+dimensions (d = 2) keep each fit to about a second; ``docs/estimator.md``
+reports the high-dimensional behaviour.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from confounded_patching import InputError
+from confounded_patching import simulate as S
+from confounded_patching.mediation import AIEResult, AIETable, _pair_stats, aie, aie_many, pair_index
+
+FAST = dict(d_q=2, d_n=2, K=100, n_boot=200)
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def sem():
+    return S.gaussian_sem(m=2000, d_q=2, d_n=2, strength=0.5, confounding=0.5, seed=101)
+
+
+@pytest.fixture(scope="module")
+def sem_strong():
+    """Topic-only node strongly correlated with the query through the topic."""
+    return S.gaussian_sem(m=2000, d_q=2, d_n=2, strength=1.0, confounding=0.5, seed=102)
+
+
+@pytest.fixture(scope="module")
+def sem_table(sem):
+    return aie_many(sem.query, sem.nodes, sem.outcome, sem.topics, **FAST)
+
+
+# ----------------------------------------------------------------------------- planted truth
+
+
+def test_adjusted_aie_recovers_the_causal_node_and_zeroes_the_topic_only_node(sem, sem_table):
+    causal, topic_only = sem_table[0], sem_table[1]
+    truth = sem.truth[0]
+    assert truth < -0.5
+    assert causal.status == "converged" and causal.status_x == "converged"
+    # the estimator is shrunk toward 0 by regularisation; in d = 2 by about 20% (docs/estimator.md)
+    assert abs(causal.value - truth) < 0.3 * abs(truth)
+    assert causal.ci_high < 0
+    assert abs(topic_only.value) < 0.05
+
+
+def test_unadjusted_estimator_reports_the_topic_only_node_the_adjusted_one_does_not(sem_strong):
+    adj = _quiet(aie_many, sem_strong.query, sem_strong.nodes, sem_strong.outcome, sem_strong.topics, **FAST)
+    raw = aie_many(sem_strong.query, sem_strong.nodes, sem_strong.outcome, None, **FAST)
+    assert sem_strong.truth[1] == 0
+    assert abs(adj.value[1]) < 0.06
+    assert abs(raw.value[1]) > 0.2
+    assert raw.ci_high[1] < 0 or raw.ci_low[1] > 0  # the unadjusted interval excludes the true 0
+    assert not raw.adjusted and raw.status_x == "none"
+
+
+def test_additive_outcome_has_zero_aie_for_every_node():
+    sim = S.additive(m=2000, d_q=2, d_n=2, confounding=0.5, seed=103)
+    table = _quiet(aie_many, sim.query, sim.nodes, sim.outcome, sim.topics, **FAST)
+    np.testing.assert_array_less(np.abs(table.value), 0.06)
+
+
+def test_randomized_query_adjusted_agrees_with_unadjusted():
+    sim = S.gaussian_sem(m=2000, d_q=2, d_n=2, strength=0.5, confounding=0.0, seed=104)
+    adj = aie_many(sim.query, sim.nodes, sim.outcome, sim.topics, **FAST)
+    raw = aie_many(sim.query, sim.nodes, sim.outcome, None, **FAST)
+    assert adj.ess_x > 0.9 * adj.n  # pi_x is nearly uniform when q does not depend on x
+    np.testing.assert_allclose(adj.value, raw.value, atol=0.06)
+    assert abs(adj.value[0] - sim.truth[0]) < 0.3 * abs(sim.truth[0])
+
+
+def test_eq2_is_closer_to_the_truth_than_the_papers_algorithm1(sem):
+    kw = dict(FAST, estimator="ht", gamma=0.05, gamma_x=0.05, n_boot=0)
+    eq2 = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, **kw)
+    alg1 = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, variant="algorithm1", **kw)
+    truth = sem.truth[0]
+    assert abs(alg1.value - truth) > 2 * abs(eq2.value - truth)
+
+
+def test_squares_in_the_features_remove_the_papers_bias_under_exact_balance():
+    # scalar SEM, exact balance: the setting where the paper's g = [q, z, q z] is biased
+    sim = S.gaussian_sem(m=8000, d_q=1, d_n=1, strength=0.7, confounding=0.5, n_spurious=0, seed=105)
+    kw = dict(d_q=1, d_n=1, K=50, n_boot=0, gamma=0.0, gamma_x=0.0, calibrate=False)
+    sq = aie(sim.query, sim.nodes[0], sim.outcome, sim.topics, features="squares", **kw)
+    paper = aie(sim.query, sim.nodes[0], sim.outcome, sim.topics, features="paper", **kw)
+    truth = sim.truth[0]
+    assert abs(sq.value - truth) < 0.1 * abs(truth)
+    assert abs(paper.value - truth) > 2 * abs(sq.value - truth)
+
+
+def test_parametric_weights_of_appendix_a_recover_the_truth_in_low_dimension(sem):
+    r = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, weights="parametric", **FAST)
+    assert np.isnan(r.gamma) and r.weights == "parametric"
+    assert abs(r.value - sem.truth[0]) < 0.3 * abs(sem.truth[0])
+
+
+# ----------------------------------------------------------------------------- estimator properties
+
+
+def test_uniform_weights_give_exactly_zero_unadjusted_aie(sem):
+    r = aie(sem.query, sem.nodes[0], sem.outcome, None, gamma=1e3, **FAST)
+    assert r.value == 0.0 and r.ess == pytest.approx(r.n)
+
+
+def test_hajek_is_invariant_to_shifting_the_outcome_and_ht_is_not(sem):
+    kw = dict(FAST, n_boot=0, gamma=0.1, gamma_x=0.1)
+    h1 = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, estimator="hajek", **kw)
+    h2 = aie(sem.query, sem.nodes[0], sem.outcome + 10.0, sem.topics, estimator="hajek", **kw)
+    t1 = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, estimator="ht", **kw)
+    t2 = aie(sem.query, sem.nodes[0], sem.outcome + 10.0, sem.topics, estimator="ht", **kw)
+    assert h2.value == pytest.approx(h1.value, abs=1e-9)
+    assert abs(t2.value - t1.value) > 1e-3
+
+
+def test_all_nodes_share_the_pairs_so_batching_does_not_change_any_node(sem, sem_table):
+    one = aie(sem.query, sem.nodes[1], sem.outcome, sem.topics, dtype=torch.float32, **FAST)
+    assert one.value == pytest.approx(sem_table.value[1], abs=1e-6)
+    J = pair_index(2000, 100, seed=0)
+    explicit = aie_many(sem.query, sem.nodes, sem.outcome, sem.topics, pairs=J, **FAST)
+    np.testing.assert_allclose(explicit.value, sem_table.value, atol=1e-12)
+
+
+def test_bootstrap_replicates_are_shared_across_nodes(sem_table):
+    assert sem_table.boot.shape == (2, 200)
+    assert np.all(sem_table.ci_low <= sem_table.value) and np.all(sem_table.value <= sem_table.ci_high)
+    np.testing.assert_allclose(sem_table.se, sem_table.boot.std(1, ddof=1))
+
+
+def test_infeasible_balance_gives_nan_and_says_so():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(600, 2))
+    node = np.c_[q[:, 0] + 1e-3 * rng.normal(size=600), rng.normal(size=600)]  # n is (almost) q itself
+    y = q[:, 0] * node[:, 0] + rng.normal(size=600)
+    r = aie(q, node, y, None, gamma=0.0, d_q=2, d_n=2, K=50, n_boot=10)
+    assert r.status == "infeasible"
+    assert np.isnan(r.value) and np.isnan(r.ci_low)
+
+
+def test_binary_outcome_terms_skip_prompts_with_zero_outcome():
+    rng = np.random.default_rng(1)
+    m, K, B = 300, 20, 3
+    y = (rng.random(m) < 0.2).astype(float)
+    lp, dx, dnx = rng.normal(size=m) * 0.3, rng.normal(size=(m, K)) * 0.3, rng.normal(size=(B, m, K)) * 0.3
+    counts = torch.ones(5, m, dtype=torch.float64)
+    t = lambda a: torch.tensor(a)  # noqa: E731
+    rows = torch.nonzero(t(y) != 0).flatten()
+    full = _pair_stats(t(lp), t(dx), t(dnx), t(y), torch.arange(m), variant="eq2", estimator="ht", winsorize=None,
+                       counts=counts)
+    sub = _pair_stats(t(lp), t(dx)[rows], t(dnx)[:, rows], t(y), rows, variant="eq2", estimator="ht",
+                      winsorize=None, counts=counts)
+    np.testing.assert_allclose(sub.value.numpy(), full.value.numpy(), atol=1e-12)
+
+
+def test_winsorizing_clips_the_stated_share_of_terms(sem):
+    r = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, estimator="ht", winsorize=0.05, **FAST)
+    assert r.winsorized == pytest.approx(0.10, abs=0.01)
+    r0 = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, estimator="ht", winsorize=None, **FAST)
+    assert r0.winsorized == 0.0
+
+
+def test_pair_index_partners_are_distinct_others_and_seeded():
+    J = pair_index(50, 10, seed=3)
+    assert J.shape == (50, 10)
+    assert not np.any(J == np.arange(50)[:, None])
+    assert all(len(set(row)) == 10 for row in J)
+    np.testing.assert_array_equal(J, pair_index(50, 10, seed=3))
+    assert not np.array_equal(J, pair_index(50, 10, seed=4))
+    assert pair_index(5, 200).shape == (5, 4)  # K is capped at m - 1
+
+
+# ----------------------------------------------------------------------------- results
+
+
+def test_results_round_trip_through_save_and_load(tmp_path, sem_table):
+    path = sem_table.save(tmp_path / "table")
+    back = AIETable.load(path)
+    np.testing.assert_array_equal(back.value, sem_table.value)
+    assert back.status == sem_table.status and back.gamma_rule == sem_table.gamma_rule
+    one = sem_table[0]
+    back1 = AIEResult.load(one.save(tmp_path / "one.npz"))
+    assert back1 == one
+
+
+def test_dataframe_has_one_row_per_node_with_diagnostics(sem_table):
+    df = sem_table.to_dataframe(nodes=["causal", "topic_only"])
+    assert list(df["node"]) == ["causal", "topic_only"]
+    for col in ("value", "ci_low", "ci_high", "gamma", "ess", "pair_ess", "imbalance", "status", "winsorized",
+                "gamma_x", "ess_x"):
+        assert col in df.columns
+
+
+# ----------------------------------------------------------------------------- input errors
+
+
+def test_mismatched_lengths_name_the_argument(sem):
+    with pytest.raises(InputError, match=r"query must have one row per prompt \(2000, the length of outcome\); "
+                                         r"received ndarray of shape \(1999, 2\)"):
+        aie(sem.query[:-1], sem.nodes[0], sem.outcome)
+    with pytest.raises(InputError, match=r"confounder must have one entry per prompt \(2000\)"):
+        aie(sem.query, sem.nodes[0], sem.outcome, sem.topics[:10])
+
+
+def test_nan_and_inf_are_rejected(sem):
+    bad = sem.nodes[0].copy()
+    bad[5, 0] = np.nan
+    with pytest.raises(InputError, match="nodes\\[0\\] must be finite"):
+        aie(sem.query, bad, sem.outcome, **FAST)
+    q = sem.query.copy()
+    q[0, 0] = np.inf
+    with pytest.raises(InputError, match="query must be finite"):
+        aie(q, sem.nodes[0], sem.outcome, **FAST)
+
+
+def test_constant_outcome_is_rejected(sem):
+    with pytest.raises(InputError, match="outcome must vary across prompts; received a constant vector of length"):
+        aie(sem.query, sem.nodes[0], np.ones(2000))
+
+
+def test_single_topic_is_rejected(sem):
+    with pytest.raises(InputError, match=r"labels must contain at least 2 distinct topics; received 1"):
+        aie(sem.query, sem.nodes[0], sem.outcome, np.zeros(2000, dtype=int))
+
+
+def test_fewer_prompts_than_the_dimensions_need_is_rejected():
+    rng = np.random.default_rng(2)
+    with pytest.raises(InputError, match=r"need at least 2 \* \(2 d_q \+ d_z\) \+ 10 = 160 prompts .* received 100"):
+        aie(rng.normal(size=(100, 50)), rng.normal(size=(100, 40)), rng.normal(size=100), d_q=25, d_n=25)
+
+
+def test_unknown_options_list_the_valid_ones(sem):
+    with pytest.raises(InputError, match=r"variant must be one of .*'eq2'.*; received 'eq3'"):
+        aie(sem.query, sem.nodes[0], sem.outcome, variant="eq3")
+    with pytest.raises(InputError, match="estimator must be 'ht'"):
+        aie(sem.query, sem.nodes[0], sem.outcome, variant="algorithm1", estimator="hajek")
+    with pytest.raises(InputError, match="gamma must be 'auto' or a number >= 0; received -1"):
+        aie(sem.query, sem.nodes[0], sem.outcome, gamma=-1)
+
+
+def test_several_nodes_passed_to_aie_point_to_aie_many(sem):
+    with pytest.raises(InputError, match="Use aie_many for several nodes"):
+        aie(sem.query, sem.nodes, sem.outcome)
