@@ -190,7 +190,7 @@ def collect(
         >>> acts[Head(5, 1)].shape
         torch.Size([2, 64])
     """
-    from .metrics import as_metric, evaluate
+    from .metrics import as_metric, evaluate, logits_request
     from .progress import progress_bar
 
     adapter = adapt(model, tokenizer)
@@ -218,11 +218,12 @@ def collect(
     def run_batch(index):
         batch = pad([id_lists[i] for i in index], pad_id, padding_side)
         plan = read_plan(batch, nodes, embed_layer=embed_layer)
-        out, logits = adapter.run(batch, plan, logits=metric is not None, remote=remote)
+        out, logits = adapter.run(batch, plan, logits=metric is not None and logits_request(metric), remote=remote)
         result = split_reads(out, nodes)
         extra = {"lengths": batch.lengths.cpu()}
         if metric is not None:
-            extra["outcome"] = evaluate(metric, logits.float(), rows=index).detach().cpu()
+            extra["outcome"] = evaluate(metric, logits.float(), rows=index,
+                                        mask=batch.attention_mask.to(logits.device)).detach().cpu()
         if embed_layer is not None:
             extra["embedding"] = out[("embed", embed_layer)].detach().to("cpu", torch.float32)
         return result, extra

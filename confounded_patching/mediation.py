@@ -275,15 +275,6 @@ def noise_level(q: torch.Tensor, n: torch.Tensor, n_perm: int = 5, seed: int = 0
     return torch.stack(levels).median(0).values
 
 
-def _pair_ess(log_pi_x, dx, dnx):
-    """Effective sample size of the pair weights ``w_ij`` as a share of ``m K``: [B]."""
-    logw = log_pi_x[None, :, None] + dx[None] - dnx
-    logw = logw.flatten(1)
-    lse1 = torch.logsumexp(logw, 1)
-    lse2 = torch.logsumexp(2 * logw, 1)
-    return torch.exp(2 * lse1 - lse2) / logw.shape[1]
-
-
 def _prod_gamma(g: torch.Tensor, d_n: int, kx: int, gamma_x: float) -> torch.Tensor:
     """Per-z-column product tolerance: ``g`` on ``q outer n``, ``gamma_x`` on ``q outer x``."""
     B = g.shape[0]
@@ -293,7 +284,7 @@ def _prod_gamma(g: torch.Tensor, d_n: int, kx: int, gamma_x: float) -> torch.Ten
     return torch.cat(cols, 1)
 
 
-def select_gamma(q, n, x, gamma_x, log_pi_x, dx, J, rule: GammaRule, *, squares: bool, tol: float,
+def select_gamma(q, n, x, gamma_x, pairs: "_Pairs", rule: GammaRule, *, squares: bool, tol: float,
                  max_iter: int, seed: int = 0, lambda_x=None):
     """Entropy-balancing node models with gamma chosen per node by the ``"auto"`` rule.
 
@@ -326,13 +317,12 @@ def select_gamma(q, n, x, gamma_x, log_pi_x, dx, J, rule: GammaRule, *, squares:
     z = n if x is None else torch.cat([n, x.expand(B, -1, -1)], -1)
     gmax = gamma_max_products(q, n)
     floor = noise_level(q, n, rule.n_perm, seed) if rule.noise_floor else torch.zeros_like(gmax)
-    q64 = q.double()
     init = None
     if lambda_x is not None:
         init = embed_lambda_x(lambda_x.to(q.dtype), q.shape[1], d_n, kx, squares=squares).expand(B, -1)
     model = fit_eb(q, z, _prod_gamma(gmax, d_n, kx, gamma_x), squares=squares, tol=tol, max_iter=max_iter,
                    lambda_init=init)
-    ref = _pair_ess(log_pi_x, dx, _eb_log_ratio(model, q64, J, None))
+    ref = pairs.pair_ess(model)
     chosen, pess_sel, lam = model, ref.clone(), model.lam
     steps = torch.zeros(B, dtype=torch.long)
     going = torch.tensor([st == "converged" for st in model.status]) & (gmax >= floor)
@@ -344,7 +334,7 @@ def select_gamma(q, n, x, gamma_x, log_pi_x, dx, J, rule: GammaRule, *, squares:
         sub = fit_eb(q, z[idx], _prod_gamma(g, d_n, kx, gamma_x), squares=squares, tol=tol,
                      max_iter=rule.step_max_iter, lambda_init=lam[idx])
         conv = torch.tensor([st == "converged" for st in sub.status])
-        pess = _pair_ess(log_pi_x, dx, _eb_log_ratio(sub, q64, J, None))
+        pess = pairs.pair_ess(sub)
         ok = conv & (g >= floor[idx]) & (pess >= rule.pair_ess_floor * ref[idx])
         keep = idx[ok]
         if keep.numel():
@@ -419,42 +409,88 @@ class _Stats:
     winsorized: torch.Tensor  # [B]
 
 
-def _pair_stats(log_pi_x, dx, dnx, y, rows, *, variant, estimator, winsorize, counts, calib=None) -> _Stats:
-    """AIE and its bootstrap from the log ratios of the pairs.
+_CAP = 700.0  # largest log-weight kept (float64 exp overflows near 709)
 
-    log_pi_x: [m] log pi_x,i (zeros when unadjusted); dx: [m', K] log R^x (zeros when unadjusted);
-    dnx: [B, m', K] = s_nx(q_j, z_i) - s_nx(q_i, z_i) = -log R^nx; rows: the m' prompts the terms cover
-    (all prompts for Hajek). counts: [n_boot, m] bootstrap multiplicities of the prompts.
-    calib: [B, m, h] additive features for the calibration of the Hajek weights (None: no calibration).
+
+class _Pairs:
+    """The pairs ``(i, J[i, k])`` and everything about them shared by all nodes.
+
+    Node quantities are computed for sub-chunks of ``sub`` nodes at a time
+    and reduced at once to per-prompt totals, so memory stays at about
+    ``sub * m * K`` floats whatever the chunk size.
     """
-    m = y.shape[0]
-    lp, yr = log_pi_x[rows], y[rows]
-    cap = 700.0
-    if estimator == "ht":
-        if variant == "eq2":
-            T = (torch.exp((lp[:, None] + dx - dnx).clamp(max=cap)) - torch.exp(lp)[:, None]) * yr[:, None]
-        else:  # algorithm1: R^nx * pi_x,i * (R^x - 1) * y_i
-            T = torch.exp((lp[:, None] - dnx).clamp(max=cap)) * torch.expm1(dx.clamp(max=cap)) * yr[:, None]
-        B, mr, K = T.shape
-        T, share = _winsorize(T.reshape(B, mr * K), winsorize)
-        row_mean = torch.zeros(B, m, dtype=T.dtype)
-        row_mean[:, rows] = T.reshape(B, mr, K).mean(-1)
-        value = row_mean.sum(1) / m
-        boot = row_mean @ counts.T / m
-        return _Stats(value, boot, share)
-    # Hajek: sum_ij w_ij y_i / sum_ij w_ij - sum_i pi_i y_i / sum_i pi_i, with w_ij = pi_i R_ij;
-    # only the per-prompt totals W_i = sum_j w_ij enter.
-    logw = (lp[:, None] + dx - dnx).clamp(max=cap)
-    B, mr, K = logw.shape
-    logw, share = _winsorize(logw.reshape(B, mr * K), winsorize)
-    logW = torch.logsumexp(logw.reshape(B, mr, K), -1)  # [B, m]
-    pi = torch.exp(lp - lp.max())
+
+    def __init__(self, q64, J, log_pi_x, dx_all, rows, sub: int = 8):
+        self.q64, self.J, self.rows, self.sub = q64, J, rows, sub
+        self.m = q64.shape[0]
+        self.lp = log_pi_x
+        self.dx = dx_all[rows]
+        self.dq = q64[J[rows]] - q64[rows, None, :]  # [m', K, d_q], shared by every node
+
+    def _logw(self, model, nodes: slice):
+        dnx = model.log_ratio(self.q64, self.J, self.rows, nodes=nodes, dq=self.dq).double()
+        return (self.lp[self.rows][:, None] + self.dx - dnx).clamp(max=_CAP)  # log w_ij = log pi_x,i R_ij
+
+    def _parts(self, B):
+        return [slice(s, min(B, s + self.sub)) for s in range(0, B, self.sub)]
+
+    def pair_ess(self, model) -> torch.Tensor:
+        """Effective sample size of the pair weights ``w_ij`` as a share of ``m' K``: [B]."""
+        out = []
+        for sl in self._parts(model.a.shape[0]):
+            logw = self._logw(model, sl).flatten(1)
+            out.append(torch.exp(2 * torch.logsumexp(logw, 1) - torch.logsumexp(2 * logw, 1)) / logw.shape[1])
+        return torch.cat(out)
+
+    def hajek_totals(self, model, winsorize):
+        """``log W_i = log sum_j w_ij`` per node [B, m'] (log-weights winsorized per node) and the clipped share."""
+        logW, share = [], []
+        for sl in self._parts(model.a.shape[0]):
+            logw = self._logw(model, sl)
+            b, mr, K = logw.shape
+            logw, sh = _winsorize(logw.reshape(b, mr * K), winsorize)
+            logW.append(torch.logsumexp(logw.reshape(b, mr, K), -1))
+            share.append(sh)
+        return torch.cat(logW), torch.cat(share)
+
+    def ht_row_means(self, model, y, variant, winsorize):
+        """Per-prompt means over partners of the HT terms ``T_ij`` (winsorized per node): [B, m], share."""
+        lp, yr = self.lp[self.rows], y[self.rows]
+        rows_out, share = [], []
+        for sl in self._parts(model.a.shape[0]):
+            logw = self._logw(model, sl)
+            if variant == "eq2":  # pi_x,i (R^nx R^x - 1) y_i
+                T = (torch.exp(logw) - torch.exp(lp)[:, None]) * yr[:, None]
+            else:  # algorithm1: R^nx pi_x,i (R^x - 1) y_i
+                T = torch.exp((logw - self.dx).clamp(max=_CAP)) * torch.expm1(self.dx.clamp(max=_CAP)) * yr[:, None]
+            b, mr, K = T.shape
+            T, sh = _winsorize(T.reshape(b, mr * K), winsorize)
+            full = torch.zeros(b, self.m, dtype=T.dtype)
+            full[:, self.rows] = T.reshape(b, mr, K).mean(-1)
+            rows_out.append(full)
+            share.append(sh)
+        return torch.cat(rows_out), torch.cat(share)
+
+
+def _stats_ht(row_mean, counts) -> tuple:
+    """HT AIE ``mean_i mean_j T_ij`` and its bootstrap over prompts."""
+    m = row_mean.shape[1]
+    return row_mean.sum(1) / m, row_mean @ counts.T / m
+
+
+def _stats_hajek(logW, log_pi_x, y, counts, calib=None) -> tuple:
+    """Hajek AIE ``sum_i W_i y_i / sum_i W_i - sum_i pi_i y_i / sum_i pi_i`` and its bootstrap over prompts.
+
+    ``W_i = sum_j w_ij`` are the pair-weight totals; ``calib`` [B, m, h]
+    (optional) are the additive features of :func:`_calibrate`.
+    """
+    pi = torch.exp(log_pi_x - log_pi_x.max())
     if calib is not None:
         logW = _calibrate(logW, pi, calib)
     W = torch.exp(logW - logW.amax(1, keepdim=True))
     value = (W @ y) / W.sum(1) - (pi * y).sum() / pi.sum()
     boot = ((W * y) @ counts.T) / (W @ counts.T) - ((counts @ (pi * y)) / (counts @ pi))[None, :]
-    return _Stats(value, boot, share)
+    return value, boot
 
 
 def _calibrate(logW: torch.Tensor, pi: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
@@ -549,8 +585,8 @@ def _check_size(m: int, d_q: int, d_z: int):
 
 
 def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="auto", gamma_x="auto",
-             variant: str = "eq2", estimator: str = "ht", weights: str = "eb", features: str = "squares",
-             d_q: int = 25, d_n: int = 25, winsorize: float | None = 0.05, n_boot: int = 200, ci: float = 0.95,
+             variant: str = "eq2", estimator: str = "hajek", weights: str = "eb", features: str = "squares",
+             d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
              pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", chunk_size: int = 64,
              dtype=torch.float32, tol: float | None = None, max_iter: int = 3000,
              gamma_rule: GammaRule | None = None) -> AIETable:
@@ -632,27 +668,27 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
     J = _check_pairs(pairs, m) if pairs is not None else torch.from_numpy(pair_index(m, K, seed))
     counts = torch.from_numpy(np.random.default_rng([seed, 1]).multinomial(m, np.full(m, 1.0 / m), size=n_boot)
                               ).to(torch.float64)
+    # HT terms vanish where y_i = 0, so only those prompts need pairs (linear time for rare binary labels)
     rows = torch.arange(m) if estimator == "hajek" else torch.nonzero(y != 0).flatten()
 
     # pi_x: one problem shared by every node
-    log_f_q = None
+    log_f_q, lam_x, gx = None, None, 0.0
+    log_pi_x = torch.zeros(m, dtype=torch.float64)
+    dx_all = torch.zeros(m, J.shape[1], dtype=torch.float64)
+    diag_x = (float("nan"), float("nan"), float("nan"), "none")
     if adjusted:
         xmodel, log_f_q = _fit_x(q, x, confounder, confounder_kind, weights, gamma_x, rule, squares, tol, max_iter,
                                  seed)
         log_pi_x = xmodel.log_pi[0].to(torch.float64)
-        dx_all = _eb_log_ratio(xmodel, q64, J, None)[0]
+        dx_all = xmodel.log_ratio(q64, J).double()[0]
         gx = float(xmodel.gamma[0])
         lam_x = xmodel.lam[0] if getattr(xmodel, "lam", None) is not None else None
         diag_x = (gx, float(xmodel.ess[0]), float(xmodel.imbalance[0]), xmodel.status[0])
         if xmodel.status[0] == "converged" and float(xmodel.ess[0]) < 0.1 * m:
             warnings.warn(f"the confounder model pi_x has ESS {float(xmodel.ess[0]):.0f} of {m} prompts: the topics "
                           "barely overlap in query space, so the adjusted AIE rests on extrapolation", stacklevel=2)
-    else:
-        gx, lam_x = 0.0, None
-        log_pi_x = torch.zeros(m, dtype=torch.float64)
-        dx_all = torch.zeros(m, J.shape[1], dtype=torch.float64)
-        diag_x = (float("nan"), float("nan"), float("nan"), "none")
-    dx = dx_all[rows]
+    all_pairs = _Pairs(q64, J, log_pi_x, dx_all, torch.arange(m))
+    est_pairs = all_pairs if len(rows) == m else _Pairs(q64, J, log_pi_x, dx_all, rows)
 
     keys = ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "pair_ess", "gamma_max", "gamma_noise")
     out = {k: [] for k in keys + ("status",)}
@@ -667,20 +703,23 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         if weights == "parametric":
             model = fit_gaussian(q, z, log_f_q=None if log_f_q is None else log_f_q.to(dtype), squares=squares)
         elif gamma == "auto":
-            model, info = select_gamma(q, n, x, gx, log_pi_x, dx_all, J, rule, squares=squares, tol=tol,
-                                       max_iter=max_iter, seed=seed, lambda_x=lam_x)
+            model, info = select_gamma(q, n, x, gx, all_pairs, rule, squares=squares, tol=tol, max_iter=max_iter,
+                                       seed=seed, lambda_x=lam_x)
             noise = info["gamma_noise"]
         else:
             g = _prod_gamma(torch.full((B,), float(gamma), dtype=dtype), n.shape[2], kx, gx)
             model = fit_eb(q, z, g, squares=squares, tol=tol, max_iter=max_iter)
-        dnx = _eb_log_ratio(model, q64, J, rows)
-        pess = _pair_ess(log_pi_x[rows], dx, dnx)
-        calib = _additive_features(q64, n64, x) if calibrate else None
-        st = _pair_stats(log_pi_x, dx, dnx, y, rows, variant=variant, estimator=estimator, winsorize=winsorize,
-                         counts=counts, calib=calib)
+        pess = all_pairs.pair_ess(model)
+        if estimator == "hajek":
+            logW, share = all_pairs.hajek_totals(model, winsorize)
+            calib = _additive_features(q64, n64, x) if calibrate else None
+            value, boot = _stats_hajek(logW, log_pi_x, y, counts, calib)
+        else:
+            row_mean, share = est_pairs.ht_row_means(model, y, variant, winsorize)
+            value, boot = _stats_ht(row_mean, counts)
         bad = torch.tensor([s == "infeasible" for s in model.status]) | torch.tensor(diag_x[3] == "infeasible")
-        st.value[bad] = float("nan")
-        for k, v in (("value", st.value), ("boot", st.boot), ("winsorized", st.winsorized), ("gamma", model.gamma),
+        value[bad] = float("nan")
+        for k, v in (("value", value), ("boot", boot), ("winsorized", share), ("gamma", model.gamma),
                      ("ess", model.ess), ("imbalance", model.imbalance), ("pair_ess", pess), ("gamma_max", gmax),
                      ("gamma_noise", noise)):
             out[k].append(v.detach().to(torch.float64).cpu())
@@ -750,15 +789,6 @@ def _additive_features(q64, n64, x):
     if x is not None:
         parts.append(x.double().expand(B, -1, -1))
     return _standardize(torch.cat(parts, -1))
-
-
-def _eb_log_ratio(model, q64, J, rows):
-    """``s(q_j, z_i) - s(q_i, z_i)`` in float64 for a batch: [B, m', K]."""
-    if isinstance(model, RatioModel):
-        m64 = RatioModel(model.a.double(), model.U.double(), model.log_pi, model.status, model.gamma,
-                         model.ess, model.imbalance, model.n_iter)
-        return m64.log_ratio(q64, J, rows)
-    return model.log_ratio(q64, J, rows).double()
 
 
 def _fit_x(q, x, confounder, kind, weights, gamma_x, rule, squares, tol, max_iter, seed):

@@ -12,7 +12,8 @@ Example::
     >>> m(logits)            # tensor of shape [batch]
 
 Any plain callable ``f(logits) -> [batch]`` is accepted wherever a metric is;
-wrap it in :class:`Metric` to give it a name.
+wrap it in :class:`Metric` to give it a name. A metric that needs the logits
+at every position is made with :func:`full_logits`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 
 from .errors import InputError, describe
 
-__all__ = ["Metric", "logit_diff", "prob_diff", "logit", "kl_to_clean", "as_metric", "resolve_token"]
+__all__ = ["Metric", "logit_diff", "prob_diff", "logit", "kl_to_clean", "full_logits", "as_metric", "resolve_token"]
 
 TokenLike = "str | int"
 
@@ -57,6 +58,8 @@ class Metric:
             resolved token ids.
         tokens: tokens the metric reads (strings or ids), resolved by ``bind``.
         needs_clean: True if the metric compares with the clean run's logits.
+        full: True if the metric reads every position: it is then called as
+            ``fn(logits [batch, seq, vocab], attention_mask [batch, seq])``.
     """
 
     name: str
@@ -64,6 +67,7 @@ class Metric:
     tokens: tuple = ()
     needs_clean: bool = False
     ids: tuple | None = field(default=None, repr=False)
+    full: bool = False
 
     def bind(self, tokenizer) -> "Metric":
         """Resolve string tokens to ids with ``tokenizer``; returns a new metric."""
@@ -100,6 +104,26 @@ def prob_diff(a, b) -> Metric:
     return Metric(f"prob_diff({a!r}, {b!r})", fn, (a, b))
 
 
+def full_logits(fn: Callable, name: str | None = None) -> Metric:
+    """A metric on the logits at every position.
+
+    ``fn(logits, attention_mask) -> [batch]`` receives ``[batch, seq, vocab]``
+    logits and the batch's ``[batch, seq]`` mask (padding may be on either
+    side). Slower than last-position metrics: the model computes logits for
+    every position.
+
+    Example::
+
+        >>> mean_entropy = full_logits(lambda lg, mask: (entropy(lg) * mask).sum(1) / mask.sum(1))
+    """
+    return Metric(name or getattr(fn, "__name__", "full_logits"), fn, full=True)
+
+
+def logits_request(metric) -> bool | str:
+    """What a forward pass must return for ``metric``: ``"full"`` logits or the last position's."""
+    return "full" if getattr(metric, "full", False) else True
+
+
 def kl_to_clean() -> Metric:
     """KL(clean ‖ run) of the next-token distributions; 0 when the run equals the clean run."""
 
@@ -129,11 +153,11 @@ def for_rows(metric: Metric, rows) -> Metric:
 
 
 def evaluate(metric: Metric, logits: torch.Tensor, clean_logits=None, *, argument: str = "metric",
-             rows=None) -> torch.Tensor:
+             rows=None, mask=None) -> torch.Tensor:
     """Call ``metric`` (on prompts ``rows`` for per-row metrics) and check it returned one value per row."""
     if rows is not None:
         metric = for_rows(metric, rows)
-    out = metric(logits, clean_logits)
+    out = metric.fn(logits, mask) if getattr(metric, "full", False) else metric(logits, clean_logits)
     if not isinstance(out, torch.Tensor):
         out = torch.as_tensor(out)
     if out.shape != (logits.shape[0],):

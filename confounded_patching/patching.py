@@ -35,7 +35,7 @@ import torch
 
 from .activations import check_nodes
 from .errors import InputError, describe
-from .metrics import as_metric, evaluate, for_rows
+from .metrics import as_metric, evaluate, for_rows, logits_request
 from .models import adapt
 from .models.sites import Plan, Read, Write
 from .models.tokens import TokenBatch, as_id_lists, columns, pad, _pad_id
@@ -214,6 +214,9 @@ def patch(
         nodes = all_nodes(model if tokenizer is None else adapter)
     nodes = check_nodes(adapter, nodes, allow_all_positions=True)
     metric = as_metric(metric, adapter.tokenizer)
+    want = logits_request(metric)
+    if want == "full" and method == "attribution":
+        raise InputError("method='attribution' needs a last-position metric; full_logits metrics need 'exact'")
     clean_ids = as_id_lists(clean, adapter.tokenizer, argument="clean")
     corrupt_ids = as_id_lists(corrupt, adapter.tokenizer, argument="corrupt")
     _check_pairs(clean_ids, corrupt_ids)
@@ -238,8 +241,10 @@ def patch(
         source_b, target_b = (cb, xb) if direction == "denoise" else (xb, cb)
         if method == "exact":
             reads = _full_reads(source_b, sites)
-            clean_reads, clean_logits = adapter.run(cb, reads if direction == "denoise" else Plan(), remote=remote)
-            corrupt_reads, corrupt_logits = adapter.run(xb, reads if direction == "noise" else Plan(), remote=remote)
+            clean_reads, clean_logits = adapter.run(cb, reads if direction == "denoise" else Plan(), logits=want,
+                                                    remote=remote)
+            corrupt_reads, corrupt_logits = adapter.run(xb, reads if direction == "noise" else Plan(), logits=want,
+                                                        remote=remote)
             src = clean_reads if direction == "denoise" else corrupt_reads
         else:
             src_acts, _ = adapter.run(source_b, _full_reads(source_b, sites), logits=False)
@@ -247,7 +252,8 @@ def patch(
             corrupt_logits = None
         clean_logits = clean_logits.float()
         ref = clean_logits if metric.needs_clean else None
-        clean_m[group] = evaluate(metric, clean_logits, ref, rows=group).cpu().numpy()
+        mask = cb.attention_mask
+        clean_m[group] = evaluate(metric, clean_logits, ref, rows=group, mask=mask).cpu().numpy()
         if method == "attribution":
             row_metric = for_rows(metric, group)
             fn = lambda lg: row_metric(lg.float(), clean_logits if metric.needs_clean else None)
@@ -262,7 +268,7 @@ def patch(
             raw[group] = target_m[:, None] + _attribution(nodes, src_acts, tgt_acts, grads, length)
             next(bar_iter, None)
             continue
-        corrupt_m[group] = evaluate(metric, corrupt_logits.float(), ref, rows=group).cpu().numpy()
+        corrupt_m[group] = evaluate(metric, corrupt_logits.float(), ref, rows=group, mask=mask).cpu().numpy()
         src = {k: v.detach() for k, v in src.items()}
         rows = [(p, k) for p in range(len(group)) for k in range(len(nodes))]
         for start in range(0, len(rows), batch_size):
@@ -279,10 +285,11 @@ def patch(
             for kind, layer, write in _group_writes(idx, nodes, pair_of, node_of, src, col_of):
                 write.rows = write.rows + len(base)
                 plan.add_write(kind, layer, write)
-            _, logits = adapter.run(batch, plan, remote=remote)
+            _, logits = adapter.run(batch, plan, logits=want, remote=remote)
             pairs_of_rows = base + [p for p, _ in chunk]
             ref_rows = clean_logits[pairs_of_rows] if metric.needs_clean else None
-            values = evaluate(metric, logits.float(), ref_rows, rows=[group[p] for p in pairs_of_rows]).cpu().numpy()
+            values = evaluate(metric, logits.float(), ref_rows, rows=[group[p] for p in pairs_of_rows],
+                              mask=batch.attention_mask).cpu().numpy()
             unpatched = dict(zip(base, values[:len(base)]))
             target_m = corrupt_m if direction == "denoise" else clean_m
             for (p, k), v in zip(chunk, values[len(base):]):
@@ -444,9 +451,10 @@ def resample(
             vals = torch.stack([values[nodes[n]][pairs[k, 1]] for _, k, n in items])
             heads = torch.as_tensor([nodes[n].head for _, _, n in items]) if kind == "head" else None
             plan.add_write(kind, layer, Write(rws, cols, vals, heads))
-        _, logits = adapter.run(batch, plan, remote=remote)
+        _, logits = adapter.run(batch, plan, logits=logits_request(outcome), remote=remote)
         rows_i = base + [int(pairs[k, 0]) for k, _ in chunk]
-        y = evaluate(outcome, logits.float(), argument="outcome", rows=rows_i).cpu().numpy()
+        y = evaluate(outcome, logits.float(), argument="outcome", rows=rows_i,
+                     mask=batch.attention_mask.to(logits.device)).cpu().numpy()
         unpatched = dict(zip(base, y[:len(base)]))
         for (k, n), v in zip(chunk, y[len(base):]):
             effects[k, n] = v - unpatched[int(pairs[k, 0])]

@@ -54,15 +54,22 @@ class RatioModel:
     n_iter: torch.Tensor  # [B]
     lam: torch.Tensor | None = None  # [B, p] for EB
 
-    def log_ratio(self, q: torch.Tensor, J: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """``s(q_j, z_i) - s(q_i, z_i)`` for ``j = J[i, k]``: ``[B, m', K]`` (``m'`` = len(rows) or m)."""
+    def log_ratio(self, q: torch.Tensor, J: torch.Tensor, rows: torch.Tensor | None = None, *,
+                  nodes: slice = slice(None), dq: torch.Tensor | None = None) -> torch.Tensor:
+        """``s(q_j, z_i) - s(q_i, z_i)`` for ``j = J[i, k]``: ``[B', m', K]``.
+
+        ``rows`` picks the prompts ``i`` (all by default), ``nodes`` the
+        problems; ``dq = q[J[rows]] - q[rows, None]`` may be passed to share
+        it between calls.
+        """
         rows = torch.arange(q.shape[0], device=q.device) if rows is None else rows
         Jr = J[rows]
-        a = self.a.to(q.dtype)
+        a = self.a[nodes].to(q.dtype)
         da = a[:, Jr] - a[:, rows, None]
-        dq = q[Jr] - q[rows, None, :]  # [m', K, d_q]
-        U = self.U[:, rows].to(q.dtype)  # [B, m', d_q]
-        cross = torch.bmm(dq, U.permute(1, 2, 0))  # [m', K, B]
+        if dq is None:
+            dq = q[Jr] - q[rows, None, :]  # [m', K, d_q]
+        U = self.U[nodes][:, rows].to(q.dtype)  # [B', m', d_q]
+        cross = torch.bmm(dq, U.permute(1, 2, 0))  # [m', K, B']
         return -(da + cross.permute(2, 0, 1))
 
     def select(self, idx: torch.Tensor) -> "RatioModel":
@@ -85,12 +92,12 @@ class TopicGaussian:
     imbalance: torch.Tensor
     n_iter: torch.Tensor
 
-    def log_ratio(self, q, J, rows=None):
+    def log_ratio(self, q, J, rows=None, *, nodes=slice(None), dq=None):
         rows = torch.arange(q.shape[0], device=q.device) if rows is None else rows
         Jr, t = J[rows], self.topic[rows]
         at_j = self.log_mix[Jr] - self.log_dens[Jr, t[:, None]]
         at_i = self.log_mix[rows] - self.log_dens[rows, t]
-        return (at_j - at_i[:, None]).unsqueeze(0)
+        return (at_j - at_i[:, None]).unsqueeze(0)[nodes]
 
 
 # ----------------------------------------------------------------------------- entropy balancing

@@ -17,7 +17,8 @@ import torch
 
 from confounded_patching import InputError
 from confounded_patching import simulate as S
-from confounded_patching.mediation import AIEResult, AIETable, _pair_stats, aie, aie_many, pair_index
+from confounded_patching.mediation import AIEResult, AIETable, _Pairs, _stats_ht, aie, aie_many, pair_index
+from confounded_patching.weighting import RatioModel
 
 FAST = dict(d_q=2, d_n=2, K=100, n_boot=200)
 
@@ -152,17 +153,21 @@ def test_infeasible_balance_gives_nan_and_says_so():
 
 def test_binary_outcome_terms_skip_prompts_with_zero_outcome():
     rng = np.random.default_rng(1)
-    m, K, B = 300, 20, 3
-    y = (rng.random(m) < 0.2).astype(float)
-    lp, dx, dnx = rng.normal(size=m) * 0.3, rng.normal(size=(m, K)) * 0.3, rng.normal(size=(B, m, K)) * 0.3
-    counts = torch.ones(5, m, dtype=torch.float64)
+    m, K, B, d = 300, 20, 3, 2
     t = lambda a: torch.tensor(a)  # noqa: E731
-    rows = torch.nonzero(t(y) != 0).flatten()
-    full = _pair_stats(t(lp), t(dx), t(dnx), t(y), torch.arange(m), variant="eq2", estimator="ht", winsorize=None,
-                       counts=counts)
-    sub = _pair_stats(t(lp), t(dx)[rows], t(dnx)[:, rows], t(y), rows, variant="eq2", estimator="ht",
-                      winsorize=None, counts=counts)
-    np.testing.assert_allclose(sub.value.numpy(), full.value.numpy(), atol=1e-12)
+    y = t((rng.random(m) < 0.2).astype(float))
+    q = t(rng.normal(size=(m, d)))
+    J = t(pair_index(m, K, seed=1))
+    lp, dx = t(rng.normal(size=m) * 0.3), t(rng.normal(size=(m, K)) * 0.3)
+    model = RatioModel(a=t(rng.normal(size=(B, m)) * 0.3), U=t(rng.normal(size=(B, m, d)) * 0.3),
+                       log_pi=torch.zeros(B, m), status=["converged"] * B, gamma=torch.zeros(B),
+                       ess=torch.zeros(B), imbalance=torch.zeros(B), n_iter=torch.zeros(B))
+    counts = t(rng.multinomial(m, np.full(m, 1 / m), size=5).astype(float))
+    rows = torch.nonzero(y != 0).flatten()
+    full = _Pairs(q, J, lp, dx, torch.arange(m)).ht_row_means(model, y, "eq2", None)[0]
+    sub = _Pairs(q, J, lp, dx, rows).ht_row_means(model, y, "eq2", None)[0]
+    for a, b in zip(_stats_ht(full, counts), _stats_ht(sub, counts)):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-12)
 
 
 def test_winsorizing_clips_the_stated_share_of_terms(sem):

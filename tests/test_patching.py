@@ -283,3 +283,18 @@ def test_per_row_metric_follows_each_pair():
     acts = cp.collect(hf, CLEAN, nodes[:1], metric=answer_logit_diff(answers, wrong), batch_size=2, tokenizer=tok,
                       progress=False)
     np.testing.assert_allclose(acts.outcome.numpy(), both.clean, rtol=1e-5, atol=1e-5)
+
+
+def test_full_logits_metric_sees_every_position():
+    hf, tok = tiny.hf_model("llama"), tiny.tokenizer()
+    first = cp.metrics.full_logits(lambda lg, mask: lg[torch.arange(lg.shape[0]), mask.argmax(1), A], "first")
+    last = cp.metrics.full_logits(lambda lg, mask: lg[:, -1, A] - lg[:, -1, B], "last_ld")
+    nodes = [cp.Resid(1, 0), cp.Resid(1, -1), cp.MLP(0, -1)]
+    res = cp.patch(hf, CLEAN, CORRUPT, nodes, last, tokenizer=tok, progress=False)
+    ref = cp.patch(hf, CLEAN, CORRUPT, nodes, cp.metrics.logit_diff(A, B), tokenizer=tok, progress=False)
+    np.testing.assert_allclose(res.raw, ref.raw, rtol=1e-5, atol=1e-5)
+    # the first position's logits do not depend on a patch at the last position
+    res_first = cp.patch(hf, CLEAN, CORRUPT, nodes, first, tokenizer=tok, progress=False)
+    np.testing.assert_allclose(res_first.raw[:, 1], res_first.corrupt, rtol=1e-6, atol=1e-6)
+    acts = cp.collect(hf, ["w1 w2 w3", "w4 w5"], nodes[:1], metric=first, tokenizer=tok, progress=False)
+    assert acts.outcome.shape == (2,)

@@ -61,7 +61,12 @@ class Adapter:
             raise InputError(str(err).replace("prompts", argument, 1)) from None
 
     def run(self, batch: TokenBatch, plan: Plan, *, logits: bool = True, **kwargs) -> tuple[dict, torch.Tensor | None]:
-        """One forward pass performing ``plan``; returns (reads, last-position logits [batch, vocab])."""
+        """One forward pass performing ``plan``; returns (reads, logits).
+
+        ``logits``: True for the logits at each row's last real token
+        ``[batch, vocab]``, ``"full"`` for every position ``[batch, seq, vocab]``,
+        False for none.
+        """
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if "remote" in kwargs and not self.supports_remote:
             raise InputError(
@@ -110,7 +115,9 @@ class Adapter:
                              f"{spec.n_heads} heads per layer (valid: 0..{spec.n_heads - 1})")
 
 
-def _gather_last(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+def _gather_last(logits: torch.Tensor, batch: TokenBatch, full: bool = False) -> torch.Tensor:
+    if full:
+        return logits
     if logits.shape[1] == 1:
         return logits[:, 0]
     rows = torch.arange(logits.shape[0], device=logits.device)
@@ -127,7 +134,7 @@ class _HFInputs:
             inputs["position_ids"] = batch.position_ids
         if "use_cache" in params:
             inputs["use_cache"] = False
-        if "logits_to_keep" in params and batch.padding_side == "left":
+        if "logits_to_keep" in params and batch.padding_side == "left" and logits != "full":
             inputs["logits_to_keep"] = 1
         return inputs
 
@@ -218,7 +225,7 @@ class NNsightAdapter(_HFGrad, Adapter, _HFInputs):
             for site in plan.sites():
                 apply(plan, site, self.envoy(*site), n_heads, out)
             if logits:
-                want = nnsight.save([_gather_last(self.model.output.logits, batch)])
+                want = nnsight.save([_gather_last(self.model.output.logits, batch, logits == "full")])
         return dict(out), want[0]
 
     def _check_remote(self, remote) -> None:
@@ -285,7 +292,7 @@ class HFAdapter(_HFGrad, Adapter, _HFInputs):
         finally:
             for h in handles:
                 h.remove()
-        return out, (_gather_last(result.logits, batch) if logits else None)
+        return out, (_gather_last(result.logits, batch, logits == "full") if logits else None)
 
 
 def _first_input(args, kwargs):
@@ -336,7 +343,7 @@ class TransformerLensAdapter(Adapter):
             extra["attention_mask"] = batch.attention_mask
         with torch.no_grad():
             result = self.model.run_with_hooks(batch.input_ids, fwd_hooks=hooks, return_type="logits", **extra)
-        return out, (_gather_last(result, batch) if logits else None)
+        return out, (_gather_last(result, batch, logits == "full") if logits else None)
 
     def _grad_forward(self, batch, sites, tensors):
         def keep(site, leaf=False):
