@@ -49,7 +49,7 @@ class MediationResult(Result):
         outcome: the outcome per prompt ``[m]``.
         outcome_name: the metric's name, or ``"labels"``.
         query: how the query embedding was obtained.
-        tokens: position labels (``tok_-1`` style) from the first prompt.
+        tokens: token labels (``tok_i``) of the first prompt, for position axes.
         settings: the estimator settings used.
     """
 
@@ -100,6 +100,20 @@ def _outcome_values(metric, outcome, acts: Activations, m: int) -> tuple[np.ndar
     if y.shape != (m,):
         raise InputError(f"outcome as labels must have one value per prompt ({m}); received {describe(outcome)}")
     return y, "labels"
+
+
+def _first_prompt_tokens(tokenizer, prompts) -> list[str]:
+    """Token labels (``tok_i``) of the first prompt, for position axes; [] when unknown."""
+    from .models.tokens import as_id_lists
+    from .patching import _token_labels
+
+    if prompts is None or tokenizer is None:
+        return []
+    try:
+        first = as_id_lists(prompts if isinstance(prompts, torch.Tensor) else list(prompts)[:1], tokenizer)[0]
+    except InputError:
+        return []
+    return _token_labels(tokenizer, first)
 
 
 def mediate(
@@ -208,7 +222,7 @@ def mediate(
     common = dict(K=K, gamma=gamma, seed=seed, pairs=pairs, **aie_kwargs)
     adj = aie_many(q, values, y, confounder, **common) if confounder is not None else None
     unadj = aie_many(q, values, y, None, **common) if (unadjusted or adj is None) else None
-    tokens = [f"tok_{p}" for p in sorted({n.pos for n in nodes})]
+    tokens = _first_prompt_tokens(adapter.tokenizer if model is not None else None, prompts)
     settings = {"K": K, "gamma": gamma if isinstance(gamma, str) else float(gamma), "seed": seed,
                 "n_topics": n_topics if topics is not None else None, "embed_layer": embed_layer,
                 **{k: v for k, v in aie_kwargs.items() if isinstance(v, (int, float, str, bool))}}

@@ -227,11 +227,12 @@ def _pos_sort_key(p):
 
 
 def _pos_label(pos, tokens) -> str:
-    """``tok_i`` label of a position from the prompt's token labels, else ``pos -1``."""
+    """``tok_i`` label of a position from the first prompt's token labels (plus ``pos -k``), else ``pos -k``."""
     if pos is None:
         return "all positions"
     if tokens and -len(tokens) <= pos < len(tokens):
-        return str(tokens[pos])
+        # negative positions align from the end of each prompt: the token is the first prompt's, so say both
+        return str(tokens[pos]) if pos >= 0 else f"{tokens[pos]}<br>pos {pos}"
     return f"pos {pos}"
 
 
@@ -307,6 +308,16 @@ def _grid(row: _Row, col: _Column):
     return z, text
 
 
+def _check_zmax(zmax) -> None:
+    ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v)
+    if zmax is None or ok(zmax):
+        return
+    if isinstance(zmax, dict) and set(zmax) <= {"score", "aie"} and all(ok(v) for v in zmax.values()):
+        return
+    raise InputError(f"zmax must be None, a positive number, or a dict with keys 'score' and/or 'aie' and positive "
+                     f"values; received {describe(zmax)}")
+
+
 def compare(*results, titles=None, zmax=None, height_per_row: int | None = None, width_per_column: int = 300):
     """Heatmaps of per-node scores, one column per method and one row per node family.
 
@@ -351,6 +362,7 @@ def compare(*results, titles=None, zmax=None, height_per_row: int | None = None,
         'reversed'
     """
     go, make_subplots = _go()
+    _check_zmax(zmax)
     cols = _columns(results, titles)
     rows = _rows(cols)
     if not rows:
@@ -378,22 +390,22 @@ def compare(*results, titles=None, zmax=None, height_per_row: int | None = None,
             elif isinstance(zmax, (int, float)) and not isinstance(zmax, bool):
                 a = float(zmax)
             a = a if a > 0 and math.isfinite(a) else 1.0
-            ranges[(r, units)] = (axis_k, a)
+            ranges[(r, units)] = (axis_k, a, bool(finite.size))
             axis_k += 1
         for c, col in enumerate(cols, start=1):
             z, text = grids[c - 1]
-            k, _ = ranges[(r, col.units)]
+            k = ranges[(r, col.units)][0]
             fig.add_trace(go.Heatmap(z=z, x=list(range(len(row.xs))), y=row.layers, text=text,
                                      hovertemplate="%{text}<extra></extra>", coloraxis=f"coloraxis{k}",
                                      xgap=1, ygap=1, name=f"{col.title} · {row.title}"), row=r, col=c)
     # colour axes and colourbars, one per (row, units) present in that row
-    for (r, units), (k, a) in ranges.items():
+    for (r, units), (k, a, any_value) in ranges.items():
         g = unit_groups.index(units)
         col = next(c for c in cols if c.units == units)
         ax = fig.get_subplot(r, 1).yaxis
         y0, y1 = ax.domain
         fig.layout[f"coloraxis{k}"] = dict(
-            colorscale="RdBu", cmin=-a, cmax=a, cmid=None,
+            colorscale="RdBu", cmin=-a, cmax=a, showscale=any_value,  # no colourbar for all-grey panels
             colorbar=dict(x=1.0 + 0.02 + g * cb_step, xanchor="left", y=(y0 + y1) / 2, yanchor="middle",
                           len=(y1 - y0), thickness=12,
                           title=dict(text=_colorbar_title(col), side="right", font=dict(size=10))))
@@ -701,11 +713,11 @@ def save(fig, path: str | os.PathLike, *, scale: float = 2.0) -> Path:
         html = fig.to_html(include_plotlyjs=True, full_html=True)
         return atomic_write(path, lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))
     if suffix in (".png", ".svg", ".pdf", ".jpg", ".jpeg", ".webp"):
-        try:
-            import kaleido  # noqa: F401
-        except ImportError as err:
+        import importlib.util
+
+        if importlib.util.find_spec("kaleido") is None:
             raise ImportError(f"saving {suffix} images needs kaleido and Chrome/Chromium: pip install kaleido "
-                              f"(or save as .html, which needs nothing)") from err
+                              f"(or save as .html, which needs nothing)")
         data = fig.to_image(format=suffix.lstrip(".").replace("jpg", "jpeg"), scale=scale)
         return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     raise InputError(f"path must end in .html, .png, .svg, .pdf, .jpg or .webp; received {str(path)!r}")

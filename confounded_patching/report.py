@@ -134,10 +134,9 @@ def _summary_rows(results: dict) -> list:
 def _settings_rows(results: dict, settings: dict | None) -> list:
     rows = [[k, _fmt_setting(v)] for k, v in (settings or {}).items()]
     for name, result in results.items():
-        for attr in ("settings",):
-            d = getattr(result, attr, None)
-            if isinstance(d, dict):
-                rows += [[f"{name}.{k}", _fmt_setting(v)] for k, v in d.items()]
+        own = getattr(result, "settings", None)  # e.g. MediationResult.settings
+        if isinstance(own, dict):
+            rows += [[f"{name}.{k}", _fmt_setting(v)] for k, v in own.items()]
         for attr in ("direction", "method", "metric", "outcome", "outcome_name", "query", "stratified"):
             v = getattr(result, attr, None)
             if isinstance(v, (str, bool, int, float)):
@@ -159,7 +158,8 @@ def _fmt_setting(v) -> str:
 
 
 def _agreement_pairs(cols) -> list:
-    """Pairs of columns worth a scatter: each method against the adjusted EB-AIE, plus unadjusted vs adjusted."""
+    """Pairs of columns worth a scatter: every method against the adjusted EB-AIE (or the unadjusted one when
+    there is no adjusted), classic patching against the resample AIE, else the first two columns."""
     by_method = {c.method: c for c in cols}
     target = by_method.get("eb:adjusted") or by_method.get("eb:unadjusted")
     pairs = []

@@ -20,13 +20,15 @@ def model_dir(tmp_path_factory):
 
 
 def _write_jsonl(path, n=60, seed=0):
+    """Prompts with topics, corrupt versions and answers that differ by row (a per-row metric)."""
     rng = random.Random(seed)
     with open(path, "w") as fh:
         for _ in range(n):
             words = [f"w{rng.randrange(3, 90)}" for _ in range(rng.randrange(4, 7))]
             corrupt = ["w95"] + words[1:]
+            answer, wrong = rng.choice([(" w10", " w11"), (" w12", " w13")])
             fh.write(json.dumps({"prompt": " ".join(words), "topic": rng.choice("abc"), "corrupt": " ".join(corrupt),
-                                 "answer": " w10", "wrong_answer": " w11"}) + "\n")
+                                 "answer": answer, "wrong_answer": wrong}) + "\n")
     return path
 
 

@@ -1,6 +1,5 @@
 """Figures of confounded_patching.plot and the HTML report, on results from tiny random models."""
 
-import math
 import subprocess
 import sys
 
@@ -165,6 +164,8 @@ def test_zmax_overrides_the_colour_range(classic, fake_med):
     panels = _panel_traces(fig)
     assert fig.layout[panels[(1, 1)].coloraxis].cmax == 1.0
     assert fig.layout[panels[(1, 2)].coloraxis].cmax != 1.0
+    with pytest.raises(cp.InputError, match="zmax must be"):
+        plot.compare(classic, zmax={"scores": 1.0})
 
 
 def test_colourbar_titles_state_sign_and_normalization(classic, resampled):
@@ -179,8 +180,8 @@ def test_colourbar_titles_state_sign_and_normalization(classic, resampled):
 def test_position_axes_use_token_labels_or_pos_fallback(classic, fake_med):
     fig = plot.compare(classic, fake_med)
     ticks = list(fig.get_subplot(1, 1).xaxis.ticktext)
-    assert ticks == classic.tokens[-3:]                  # e.g. ["w7_2", "w8_3", "w9_4"]
-    assert all(t.rsplit("_", 1)[1].isdigit() for t in ticks)
+    # the first prompt's tokens ("w7_2") and the position aligned from the end of every prompt
+    assert ticks == [f"{tok}<br>pos {p}" for tok, p in zip(classic.tokens[-3:], (-3, -2, -1))]
     fig = plot.compare(fake_med)                         # no tokens anywhere
     assert list(fig.get_subplot(1, 1).xaxis.ticktext) == ["pos -3", "pos -2", "pos -1"]
     assert list(fig.get_subplot(2, 1).xaxis.ticktext) == ["0", "1", "2", "3"]
@@ -281,15 +282,13 @@ def test_save_html_is_self_contained(tmp_path, classic):
 
 
 def test_save_png_without_kaleido_says_how_to_install(tmp_path, classic):
-    pytest.importorskip("plotly")
-    try:
-        import kaleido  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match="pip install kaleido"):
-            plot.save(plot.compare(classic), tmp_path / "fig.png")
-        assert list(tmp_path.iterdir()) == []
-    else:  # pragma: no cover - depends on the environment
-        pytest.skip("kaleido is installed; PNG export is exercised by users' environments")
+    import importlib.util
+
+    if importlib.util.find_spec("kaleido") is not None:  # pragma: no cover - depends on the environment
+        pytest.skip("kaleido is installed; this test covers the message when it is not")
+    with pytest.raises(ImportError, match="pip install kaleido"):
+        plot.save(plot.compare(classic), tmp_path / "fig.png")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_report_is_one_offline_file_with_plotlyjs_once(tmp_path, classic, resampled, fake_med):
