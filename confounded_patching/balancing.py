@@ -56,7 +56,6 @@ O'Donoghue & Candes (2015) adaptive restart.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

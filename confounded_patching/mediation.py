@@ -8,30 +8,44 @@ random partners ``j != i`` per prompt::
 
     log R^nx_ij = s_nx(q_i, z_i) - s_nx(q_j, z_i),      z = [n, x]
     log R^x_ij  = s_x(q_j, x_i) - s_x(q_i, x_i)
-    T_ij        = pi_x,i * (R^nx_ij * R^x_ij - 1) * y_i
-    AIE         = mean_i mean_j T_ij      (T winsorized at the 5th/95th percentiles)
+    w_ij        = pi_x,i * R^nx_ij * R^x_ij                       (Eq. 2's weight)
+    AIE (HT)    = mean_i mean_j (w_ij - pi_x,i) y_i               (the paper's form)
+    AIE (Hajek) = sum_ij w_ij y_i / sum_ij w_ij - sum_i pi_x,i y_i / sum_i pi_x,i   (default)
 
 where ``s = -lam^T g`` are the log-linear scores of entropy-balancing weights
 (Hainmueller 2012; approximate balance, Wang & Zubizarreta 2020) on
 ``g(q, z) = [q, q^2 - c, z, q outer z]`` and ``pi_x = m softmax(s_x)``. The
-pair weight ``w_ij = pi_x,i R^nx R^x`` equals ``f(q_i) f(q_j | n_i, x_i) /
-(f(q_i | n_i, x_i) f(q_j | x_i))`` when the scores are log density ratios,
-so ``mean w_ij y_i`` estimates ``E[Y(q, N(q'))]`` for independent ``q, q'``
-and the AIE is ``E[Y(q, N(q'))] - E[Y(q, N(q))]`` with the topic held out
-of the query's path. It is zero for every outcome additive in ``q`` and
-``n``: it measures ``q x n`` non-additivity (see ``docs/estimator.md``).
+pair weight equals ``f(q_i) f(q_j | n_i, x_i) / (f(q_i | n_i, x_i) f(q_j |
+x_i))`` when the scores are log density ratios, so it reweights prompt ``i``
+to ``E[Y(q, N(q'))]`` for independent ``q, q'`` and the AIE is ``E[Y(q,
+N(q'))] - E[Y(q, N(q))]`` with the topic held out of the query's path. It
+is zero for every outcome additive in ``q`` and ``n``: it measures ``q x n``
+non-additivity (see ``docs/estimator.md``).
+
+Defaults, each chosen by measurement against planted truth
+(``docs/estimator.md``, ``benchmarks/accuracy.py``): Eq. (2); the squares of
+``q`` in ``g``; the Hajek form, calibrated so that outcomes additive in
+``(q, n, x)`` get AIE 0; no winsorizing (``winsorize=0.05`` gives the
+paper's clipping of ``T`` at the 5th/95th percentiles, which shrinks the
+estimate); ``gamma="auto"`` (:func:`~.gamma_rule.select_gamma`).
 
 Variants: ``variant="algorithm1"`` reproduces the paper's Algorithm 1, line
 9, ``R^nx * pi_x,i * (R^x - 1) * y_i``, which is not Eq. (2) and is
 inconsistent (its weight averages to ``int f(q)^2 / f(q|x) dq >= 1``);
-``estimator="hajek"`` self-normalises; ``weights="parametric"`` uses the
-Gaussian models of the paper's Appendix A; ``confounder=None`` gives the
-unadjusted ("normal") estimator with ``pi_x = 1`` and ``z = n``.
+``weights="parametric"`` uses the Gaussian models of the paper's Appendix
+A; ``confounder=None`` gives the unadjusted ("normal") estimator with
+``pi_x = 1`` and ``z = n``.
 
 The tolerance ``gamma`` of approximate balance on the product columns decides
-everything: at ``gamma >= gamma_max`` the weights are uniform and the AIE is
-shrunk to 0; too small and the ratios explode or the problem is infeasible.
-``gamma="auto"`` applies the rule documented in :func:`select_gamma`.
+everything: at ``gamma >= gamma_max`` the node's weights are uniform and the
+AIE is (nearly) 0; too small and the ratios explode or the problem is
+infeasible. The node model's topic products ``q outer x`` always get
+``pi_x``'s tolerance, so that ``R^nx`` can cancel ``R^x``.
+
+Modules: ``balancing`` (the EB solver), ``weighting`` (ratio models),
+``gamma_rule`` (``gamma="auto"``), ``pairs`` (pairs, HT / Hajek statistics,
+calibration), ``topics`` (PCA, topics); this module validates inputs and
+assembles the results.
 
 Example::
 
@@ -52,10 +66,11 @@ import numpy as np
 import torch
 
 from .errors import InputError, describe
-from .balancing import EntropyBalancer
+from .gamma_rule import GammaRule, _prod_gamma, select_gamma, select_gamma_x
+from .pairs import _check_pairs, _Pairs, _stats_hajek, _stats_ht, pair_index
 from .results import Result
 from .topics import _standardize, confounder_features, pca
-from .weighting import RatioModel, embed_lambda_x, fit_eb, fit_gaussian, fit_topic_gaussian, gamma_max_products
+from .weighting import fit_eb, fit_gaussian, fit_topic_gaussian, gamma_max_products
 
 __all__ = ["aie", "aie_many", "AIEResult", "AIETable", "pair_index", "select_gamma", "GammaRule"]
 
@@ -198,321 +213,6 @@ class AIETable(Result):
         return df
 
 
-# ----------------------------------------------------------------------------- pairs
-
-
-def pair_index(m: int, K: int = 200, seed: int = 0) -> np.ndarray:
-    """Random partners ``J[i, k] != i``, distinct within a row: ``[m, min(K, m - 1)]`` int64.
-
-    Pass the same array to every call (``pairs=``) so that all nodes share
-    the same pairs (common random numbers): node rankings then do not depend
-    on pair noise.
-    """
-    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 2:
-        raise InputError(f"m must be an int >= 2; received {describe(m)}")
-    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
-        raise InputError(f"K must be a positive int; received {describe(K)}")
-    K = min(int(K), m - 1)
-    rng = np.random.default_rng(seed)
-    out = np.empty((m, K), dtype=np.int64)
-    step = max(1, 2_000_000 // m)
-    for start in range(0, m, step):
-        stop = min(m, start + step)
-        keys = rng.random((stop - start, m - 1))
-        pick = np.argpartition(keys, K - 1, axis=1)[:, :K] if K < m - 1 else np.argsort(keys, axis=1)
-        rows = np.arange(start, stop)[:, None]
-        out[start:stop] = pick + (pick >= rows)  # skip j == i
-    return out
-
-
-def _check_pairs(pairs, m: int) -> torch.Tensor:
-    arr = np.asarray(pairs)
-    if arr.ndim != 2 or arr.shape[0] != m or arr.dtype.kind not in "iu":
-        raise InputError(f"pairs must be an int array [m = {m}, K]; received {describe(pairs)}")
-    if arr.min() < 0 or arr.max() >= m or (arr == np.arange(m)[:, None]).any():
-        raise InputError(f"pairs must hold indices in [0, {m}) with pairs[i, k] != i")
-    return torch.from_numpy(arr.astype(np.int64))
-
-
-# ----------------------------------------------------------------------------- gamma rule
-
-
-@dataclass(frozen=True)
-class GammaRule:
-    """The ``gamma="auto"`` rule (see :func:`select_gamma`) and its knobs.
-
-    Attributes:
-        ratio: geometric step of the path ``gamma_t = gamma_max * ratio^t``.
-        n_steps: longest path.
-        pair_ess_floor: stop before the pair weights' effective sample size
-            falls below this share of its value at the top of the path.
-        noise_floor: never go below the noise level of the product columns
-            (their largest |mean| after randomly permuting the node's rows,
-            median over ``n_perm`` permutations).
-        n_perm: permutations for the noise level.
-        step_max_iter: iteration budget of each path point after the
-            first; a point that does not converge within it ends the path.
-    """
-
-    ratio: float = 0.8
-    n_steps: int = 16
-    pair_ess_floor: float = 0.1
-    noise_floor: bool = True
-    n_perm: int = 5
-    step_max_iter: int = 500
-
-    def to_dict(self) -> dict:
-        return {"rule": "pair_ess_floor+noise_floor", "ratio": self.ratio, "n_steps": self.n_steps,
-                "pair_ess_floor": self.pair_ess_floor, "noise_floor": self.noise_floor, "n_perm": self.n_perm,
-                "step_max_iter": self.step_max_iter}
-
-
-def noise_level(q: torch.Tensor, n: torch.Tensor, n_perm: int = 5, seed: int = 0) -> torch.Tensor:
-    """Largest |mean| of the products ``q outer n`` when ``n``'s rows are permuted (median of ``n_perm``): [B]."""
-    n = n if n.ndim == 3 else n.unsqueeze(0)
-    gen = torch.Generator().manual_seed(int(seed))
-    levels = [gamma_max_products(q, n[:, torch.randperm(q.shape[0], generator=gen)]) for _ in range(n_perm)]
-    return torch.stack(levels).median(0).values
-
-
-def _prod_gamma(g: torch.Tensor, d_n: int, kx: int, gamma_x: float) -> torch.Tensor:
-    """Per-z-column product tolerance: ``g`` on ``q outer n``, ``gamma_x`` on ``q outer x``."""
-    B = g.shape[0]
-    cols = [g[:, None].expand(B, d_n)]
-    if kx:
-        cols.append(torch.full((B, kx), float(gamma_x), dtype=g.dtype))
-    return torch.cat(cols, 1)
-
-
-def select_gamma(q, n, x, gamma_x, pairs: "_Pairs", rule: GammaRule, *, squares: bool, tol: float,
-                 max_iter: int, seed: int = 0, lambda_x=None):
-    """Entropy-balancing node models with gamma chosen per node by the ``"auto"`` rule.
-
-    Rule: walk the product tolerance down ``gamma_t = gamma_max * ratio^t``
-    (``t = 0, 1, ...``; ``gamma_max`` = largest |mean| of the ``q outer n``
-    columns), with ``gamma = 0`` on the marginal columns ``q, q^2, n, x`` and
-    the confounder model's ``gamma_x`` on ``q outer x``, warm-starting each
-    solve. Keep the last point of the contiguous run from ``t = 0`` where
-
-    1. the solver converged (not infeasible, not ``max_iter``),
-    2. ``gamma_t`` is at least the noise level of the product columns
-       (:func:`noise_level`; balancing below it only fits noise), and
-    3. the pair weights' effective sample size is at least
-       ``pair_ess_floor`` times its value at ``t = 0``.
-
-    At ``t = 0`` the node's products are (nearly) unconstrained, so the AIE
-    is (nearly) 0: the rule moves away from 0 only as far as the weights
-    stay stable. Chosen by measurement against planted truth
-    (``docs/estimator.md``, ``benchmarks/accuracy.py``).
-
-    ``lambda_x`` (``pi_x``'s dual) warm-starts the top of the path.
-
-    Returns:
-        (model, info): the selected :class:`RatioModel` and per-node arrays
-        ``gamma_max``, ``gamma_noise``, ``pair_ess`` (at the selected point)
-        and ``steps`` (index of the selected point).
-    """
-    B, m, d_n = n.shape
-    kx = 0 if x is None else x.shape[1]
-    z = n if x is None else torch.cat([n, x.expand(B, -1, -1)], -1)
-    gmax = gamma_max_products(q, n)
-    floor = noise_level(q, n, rule.n_perm, seed) if rule.noise_floor else torch.zeros_like(gmax)
-    init = None
-    if lambda_x is not None:
-        init = embed_lambda_x(lambda_x.to(q.dtype), q.shape[1], d_n, kx, squares=squares).expand(B, -1)
-    model = fit_eb(q, z, _prod_gamma(gmax, d_n, kx, gamma_x), squares=squares, tol=tol, max_iter=max_iter,
-                   lambda_init=init)
-    ref = pairs.pair_ess(model)
-    chosen, pess_sel, lam = model, ref.clone(), model.lam
-    steps = torch.zeros(B, dtype=torch.long)
-    going = torch.tensor([st == "converged" for st in model.status]) & (gmax >= floor)
-    for t in range(1, rule.n_steps + 1):
-        idx = torch.nonzero(going).flatten()
-        if idx.numel() == 0:
-            break
-        g = gmax[idx] * rule.ratio ** t
-        sub = fit_eb(q, z[idx], _prod_gamma(g, d_n, kx, gamma_x), squares=squares, tol=tol,
-                     max_iter=rule.step_max_iter, lambda_init=lam[idx])
-        conv = torch.tensor([st == "converged" for st in sub.status])
-        pess = pairs.pair_ess(sub)
-        ok = conv & (g >= floor[idx]) & (pess >= rule.pair_ess_floor * ref[idx])
-        keep = idx[ok]
-        if keep.numel():
-            chosen = _merge(chosen, sub.select(torch.nonzero(ok).flatten()), keep)
-            pess_sel[keep] = pess[ok]
-            steps[keep] = t
-            lam[keep] = sub.lam[ok]
-        going[idx[~ok]] = False
-    info = {"gamma_max": gmax, "gamma_noise": floor, "pair_ess": pess_sel, "steps": steps}
-    return chosen, info
-
-
-def select_gamma_x(q, x, rule: GammaRule, *, squares: bool, tol: float, max_iter: int, seed: int = 0):
-    """The confounder model ``pi_x`` with the smallest converged gamma on the path that is above the noise level."""
-    gmax = gamma_max_products(q, x.unsqueeze(0))
-    floor = noise_level(q, x, rule.n_perm, seed) if rule.noise_floor else torch.zeros_like(gmax)
-    chosen, lam = None, None
-    for t in range(rule.n_steps + 1):
-        g = gmax * rule.ratio ** t
-        if t and bool((g < floor).all()):
-            break
-        model = fit_eb(q, x.unsqueeze(0), g, squares=squares, tol=tol, max_iter=max_iter, lambda_init=lam)
-        if model.status[0] != "converged":
-            if chosen is None:
-                chosen = model
-            break
-        chosen, lam = model, model.lam
-    return chosen, {"gamma_max": gmax, "gamma_noise": floor}
-
-
-def _merge(old: RatioModel, new: RatioModel, idx: torch.Tensor) -> RatioModel:
-    """``old`` with problems ``idx`` replaced by the rows of ``new`` (one row per index)."""
-    a, U, log_pi, lam = old.a.clone(), old.U.clone(), old.log_pi.clone(), old.lam.clone()
-    gamma, ess, imb, n_iter = old.gamma.clone(), old.ess.clone(), old.imbalance.clone(), old.n_iter.clone()
-    status = list(old.status)
-    a[idx], U[idx], log_pi[idx], lam[idx] = new.a, new.U, new.log_pi, new.lam
-    gamma[idx], ess[idx], imb[idx], n_iter[idx] = new.gamma, new.ess, new.imbalance, new.n_iter
-    for k, i in enumerate(idx.tolist()):
-        status[i] = new.status[k]
-    return RatioModel(a, U, log_pi, status, gamma, ess, imb, n_iter, lam)
-
-
-# ----------------------------------------------------------------------------- the estimator
-
-
-def _kth(x: torch.Tensor, frac: float, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-row lower ``frac`` quantile of ``x`` [B, N] (order statistic), over entries where ``mask``."""
-    if mask is not None:
-        x = x[:, mask]
-    N = x.shape[1]
-    k = min(N, max(1, int(math.floor(frac * (N - 1))) + 1))
-    return torch.kthvalue(x, k, dim=1).values
-
-
-def _winsorize(T: torch.Tensor, p: float | None, mask: torch.Tensor | None = None):
-    """Clip each row of ``T`` [B, N] at its ``p`` and ``1 - p`` quantiles; returns (T, share clipped)."""
-    if not p:
-        return T, torch.zeros(T.shape[0], dtype=T.dtype)
-    lo, hi = _kth(T, p, mask)[:, None], _kth(T, 1 - p, mask)[:, None]
-    clipped = (T < lo) | (T > hi)
-    if mask is not None:
-        share = (clipped & mask).sum(1) / mask.sum().clamp_min(1)
-    else:
-        share = clipped.double().mean(1)
-    return torch.minimum(torch.maximum(T, lo), hi), share.to(T.dtype)
-
-
-@dataclass
-class _Stats:
-    value: torch.Tensor  # [B]
-    boot: torch.Tensor  # [B, n_boot]
-    winsorized: torch.Tensor  # [B]
-
-
-_CAP = 700.0  # largest log-weight kept (float64 exp overflows near 709)
-
-
-class _Pairs:
-    """The pairs ``(i, J[i, k])`` and everything about them shared by all nodes.
-
-    Node quantities are computed for sub-chunks of ``sub`` nodes at a time
-    and reduced at once to per-prompt totals, so memory stays at about
-    ``sub * m * K`` floats whatever the chunk size.
-    """
-
-    def __init__(self, q64, J, log_pi_x, dx_all, rows, sub: int = 8):
-        self.q64, self.J, self.rows, self.sub = q64, J, rows, sub
-        self.m = q64.shape[0]
-        self.lp = log_pi_x
-        self.dx = dx_all[rows]
-        self.dq = q64[J[rows]] - q64[rows, None, :]  # [m', K, d_q], shared by every node
-
-    def _logw(self, model, nodes: slice):
-        dnx = model.log_ratio(self.q64, self.J, self.rows, nodes=nodes, dq=self.dq).double()
-        return (self.lp[self.rows][:, None] + self.dx - dnx).clamp(max=_CAP)  # log w_ij = log pi_x,i R_ij
-
-    def _parts(self, B):
-        return [slice(s, min(B, s + self.sub)) for s in range(0, B, self.sub)]
-
-    def pair_ess(self, model) -> torch.Tensor:
-        """Effective sample size of the pair weights ``w_ij`` as a share of ``m' K``: [B]."""
-        out = []
-        for sl in self._parts(model.a.shape[0]):
-            logw = self._logw(model, sl).flatten(1)
-            out.append(torch.exp(2 * torch.logsumexp(logw, 1) - torch.logsumexp(2 * logw, 1)) / logw.shape[1])
-        return torch.cat(out)
-
-    def hajek_totals(self, model, winsorize):
-        """``log W_i = log sum_j w_ij`` per node [B, m'] (log-weights winsorized per node) and the clipped share."""
-        logW, share = [], []
-        for sl in self._parts(model.a.shape[0]):
-            logw = self._logw(model, sl)
-            b, mr, K = logw.shape
-            logw, sh = _winsorize(logw.reshape(b, mr * K), winsorize)
-            logW.append(torch.logsumexp(logw.reshape(b, mr, K), -1))
-            share.append(sh)
-        return torch.cat(logW), torch.cat(share)
-
-    def ht_row_means(self, model, y, variant, winsorize):
-        """Per-prompt means over partners of the HT terms ``T_ij`` (winsorized per node): [B, m], share."""
-        lp, yr = self.lp[self.rows], y[self.rows]
-        rows_out, share = [], []
-        for sl in self._parts(model.a.shape[0]):
-            logw = self._logw(model, sl)
-            if variant == "eq2":  # pi_x,i (R^nx R^x - 1) y_i
-                T = (torch.exp(logw) - torch.exp(lp)[:, None]) * yr[:, None]
-            else:  # algorithm1: R^nx pi_x,i (R^x - 1) y_i
-                T = torch.exp((logw - self.dx).clamp(max=_CAP)) * torch.expm1(self.dx.clamp(max=_CAP)) * yr[:, None]
-            b, mr, K = T.shape
-            T, sh = _winsorize(T.reshape(b, mr * K), winsorize)
-            full = torch.zeros(b, self.m, dtype=T.dtype)
-            full[:, self.rows] = T.reshape(b, mr, K).mean(-1)
-            rows_out.append(full)
-            share.append(sh)
-        return torch.cat(rows_out), torch.cat(share)
-
-
-def _stats_ht(row_mean, counts) -> tuple:
-    """HT AIE ``mean_i mean_j T_ij`` and its bootstrap over prompts."""
-    m = row_mean.shape[1]
-    return row_mean.sum(1) / m, row_mean @ counts.T / m
-
-
-def _stats_hajek(logW, log_pi_x, y, counts, calib=None) -> tuple:
-    """Hajek AIE ``sum_i W_i y_i / sum_i W_i - sum_i pi_i y_i / sum_i pi_i`` and its bootstrap over prompts.
-
-    ``W_i = sum_j w_ij`` are the pair-weight totals; ``calib`` [B, m, h]
-    (optional) are the additive features of :func:`_calibrate`.
-    """
-    pi = torch.exp(log_pi_x - log_pi_x.max())
-    if calib is not None:
-        logW = _calibrate(logW, pi, calib)
-    W = torch.exp(logW - logW.amax(1, keepdim=True))
-    value = (W @ y) / W.sum(1) - (pi * y).sum() / pi.sum()
-    boot = ((W * y) @ counts.T) / (W @ counts.T) - ((counts @ (pi * y)) / (counts @ pi))[None, :]
-    return value, boot
-
-
-def _calibrate(logW: torch.Tensor, pi: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
-    """Tilt the pair-weight totals ``W_i`` so their weighted means of ``H`` equal those of the baseline ``pi``.
-
-    In the population the cross-world weights are orthogonal to every
-    outcome additive in ``q`` and ``(n, x)``; regularised weight models are
-    not, which biases the AIE of additive outcomes. The tilt is an exact
-    entropy balance of ``H = [q, q^2, n, n^2, x]`` with base weights ``W``
-    and targets the ``pi``-weighted means (a no-op in the population).
-    Problems whose balance is infeasible keep their untilted totals.
-    """
-    target = (pi[:, None] * H).sum(1, keepdim=True) / pi.sum() if H.ndim == 2 else \
-        (pi[None, :, None] * H).sum(1, keepdim=True) / pi.sum()
-    G = H - target
-    base = torch.exp(logW - logW.amax(1, keepdim=True))
-    eb = EntropyBalancer(0.0, tol=1e-8, max_iter=100, dtype=torch.float64).fit(G, base_weights=base)
-    ok = torch.tensor([s == "converged" for s in eb.status_])
-    tilted = torch.log(eb.weights_.clamp_min(1e-300))
-    return torch.where(ok[:, None], tilted, logW)
-
-
 # ----------------------------------------------------------------------------- inputs
 
 
@@ -600,19 +300,29 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         confounder: topic labels ``[m]`` (str/int), covariates ``[m, k]``, or
             ``None`` for the unadjusted estimator.
         K: partners per prompt (the same ``pairs`` for every node).
-        gamma: product-column tolerance of the node models: ``"auto"``
-            (:func:`select_gamma`) or a number (in correlation units).
-        gamma_x: the same for ``pi_x``.
+        gamma: tolerance on the node models' products ``q outer n``:
+            ``"auto"`` (:func:`~.gamma_rule.select_gamma`) or a number (in
+            correlation units; the products ``q outer x`` get ``gamma_x``).
+        gamma_x: the same for ``pi_x`` (``"auto"``:
+            :func:`~.gamma_rule.select_gamma_x`).
         variant: ``"eq2"`` (default) or ``"algorithm1"`` (the paper's printed
             Algorithm 1, inconsistent; for reproduction only; HT only).
-        estimator: ``"ht"`` (mean of the terms) or ``"hajek"`` (self-normalised).
+        estimator: ``"hajek"`` (self-normalised, default) or ``"ht"`` (mean of
+            the terms, the paper's form; not invariant to shifting ``y``).
         weights: ``"eb"`` or ``"parametric"`` (Appendix A Gaussian models).
         features: ``"squares"`` (``[q, q^2, z, q z]``, default) or ``"paper"``
             (``[q, z, q z]``).
-        winsorize: clip terms at the ``p`` and ``1 - p`` quantiles (HT: the
-            terms ``T_ij`` of prompts with ``y_i != 0``; Hajek: the pair
-            log-weights); ``None`` or 0 to disable.
-        n_boot, ci: bootstrap over prompts (weights held fixed) and interval level.
+        d_q, d_n: principal components kept of the query and of each node.
+        winsorize: clip at the ``p`` and ``1 - p`` quantiles (HT: the terms
+            ``T_ij`` of prompts with ``y_i != 0``; Hajek: the pair
+            log-weights); ``None`` (default) or 0 to disable; ``0.05`` is the
+            paper's choice.
+        calibrate: tilt the Hajek weights so that outcomes additive in
+            ``(q, n, x)`` get AIE 0 (``"auto"``: on for Hajek; HT has none).
+        confounder_kind: ``"auto"``, ``"labels"`` or ``"covariates"``.
+        n_boot, ci: bootstrap over prompts and interval level. The weights
+            are held fixed, so the interval reflects the pair terms' sampling
+            variability, not the weight models' or the regularisation bias.
         pairs: ``[m, K]`` partner indices (see :func:`pair_index`); drawn from
             ``seed`` if omitted.
         chunk_size: nodes solved together; bounds memory at about
@@ -745,21 +455,36 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         gamma_rule=rule.to_dict() if "auto" in (gamma, gamma_x) else {})
 
 
-def aie(query, node, outcome, confounder=None, *, dtype=torch.float64, **kwargs) -> AIEResult:
-    """AIE of one node: :func:`aie_many` on ``[node]``, returning its :class:`AIEResult`.
+def aie(query, node, outcome, confounder=None, *, K: int = 200, gamma="auto", gamma_x="auto",
+        variant: str = "eq2", estimator: str = "hajek", weights: str = "eb", features: str = "squares",
+        d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
+        pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", dtype=torch.float64,
+        tol: float | None = None, max_iter: int = 3000, gamma_rule: GammaRule | None = None) -> AIEResult:
+    """AIE of one node (:func:`aie_many` on ``[node]``, solved in float64 by default).
 
     Args:
-        query: ``[m, D_q]``; node: ``[m, D_n]``; outcome: ``[m]``;
-        confounder: labels ``[m]``, covariates ``[m, k]`` or ``None``.
-        dtype: solver precision (float64 here).
-        **kwargs: as :func:`aie_many` (``K``, ``gamma``, ``variant``,
-            ``estimator``, ``weights``, ``features``, ``d_q``, ``d_n``,
-            ``n_boot``, ``pairs``, ``seed`` ...).
+        query: query embeddings ``[m, D_q]``; node: the node's activations
+            ``[m, D_n]``; outcome: ``[m]``; confounder: topic labels ``[m]``,
+            covariates ``[m, k]`` or ``None`` (unadjusted). The other
+            arguments are those of :func:`aie_many`.
+
+    Returns:
+        :class:`AIEResult`.
+
+    Example::
+
+        >>> r = aie(query, node, y, topics)        # [m, 768], [m, 576], [m], [m]
+        >>> r.value, r.ci_low, r.ci_high, r.gamma, r.status
     """
     if isinstance(node, (list, tuple)) or getattr(node, "ndim", 2) not in (1, 2):
         raise InputError(f"node must be one node's activations [prompts, dims]; received {describe(node)}. "
                          "Use aie_many for several nodes")
-    return aie_many(query, [node], outcome, confounder, dtype=dtype, **kwargs)[0]
+    table = aie_many(query, [node], outcome, confounder, K=K, gamma=gamma, gamma_x=gamma_x, variant=variant,
+                     estimator=estimator, weights=weights, features=features, d_q=d_q, d_n=d_n,
+                     winsorize=winsorize, n_boot=n_boot, ci=ci, pairs=pairs, seed=seed,
+                     confounder_kind=confounder_kind, calibrate=calibrate, dtype=dtype, tol=tol,
+                     max_iter=max_iter, gamma_rule=gamma_rule)
+    return table[0]
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -34,17 +34,18 @@ __all__ = ["pca", "standardize", "kmeans_topics", "one_hot", "confounder_feature
 
 
 def _float_tensor(name: str, x, ndims, dtype=torch.float64) -> torch.Tensor:
+    """A float tensor view or copy of ``x`` (``dtype=None`` keeps a torch input's float dtype)."""
     if isinstance(x, torch.Tensor):
         t = x.detach()
-        if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64, torch.bool)):
+        if t.dtype.is_complex or not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64, torch.bool)):
             raise InputError(f"{name} must be a numeric tensor; received {describe(x)}")
-        t = t.to(dtype if not t.dtype.is_floating_point or dtype is not None else t.dtype)
+        if dtype is not None or not t.dtype.is_floating_point:
+            t = t.to(dtype or torch.float64)
     else:
         arr = np.asarray(x)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise InputError(f"{name} must be a numeric array; received {describe(arr)}")
-        t = torch.from_numpy(np.array(arr, dtype=np.float64))
-        t = t.to(dtype)
+        t = torch.from_numpy(np.array(arr, dtype=np.float64)).to(dtype or torch.float64)
     if t.ndim not in ndims:
         want = " or ".join(f"{d}-d" for d in ndims)
         raise InputError(f"{name} must be {want}; received {describe(x)}")
@@ -96,8 +97,6 @@ def pca(x, d: int = 25, *, seed: int = 0, n_iter: int = 4, exact: bool | None = 
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
         raise InputError(f"d must be a positive int; received {describe(d)}")
     t = _float_tensor("x", x, (2, 3), dtype=torch.float64 if is_numpy else None)
-    if not t.dtype.is_floating_point:
-        t = t.double()
     batched = t.ndim == 3
     t = t if batched else t.unsqueeze(0)
     m, D = t.shape[-2:]

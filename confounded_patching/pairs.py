@@ -1,0 +1,191 @@
+"""The random pairs of prompts behind the AIE, and the statistics computed over them.
+
+For each prompt ``i``, ``K`` partners ``j != i`` (the same for every node:
+common random numbers, so node rankings are not pair noise). With
+``log w_ij = log pi_x,i + log R^x_ij + log R^nx_ij`` (Fotouhi et al., arXiv
+2412.02893, Eq. 2; the cross-world weight of Hsu, Huber, Lee & Lettry 2020):
+
+- Horvitz-Thompson: ``AIE = mean_i mean_j pi_x,i (R^nx_ij R^x_ij - 1) y_i``
+  (the paper's form; optionally winsorized at the p / 1 - p quantiles).
+- Hajek: ``AIE = sum_i W_i y_i / sum_i W_i - sum_i pi_i y_i / sum_i pi_i`` with
+  ``W_i = sum_j w_ij``: only per-prompt totals enter, and the estimate is
+  invariant to shifting ``y``.
+- Calibration (Hajek): an exact entropy tilt of ``W`` so that its weighted
+  means of ``[q, q^2, n, n^2, x]`` equal the baseline's (Hainmueller 2012,
+  with base weights). In the population ``W`` is already orthogonal to every
+  outcome additive in ``q`` and ``(n, x)``, so the tilt is a no-op there; in
+  samples it removes AIEs manufactured for additive outcomes.
+
+Everything node-specific is computed for a few nodes at a time and reduced
+to per-prompt totals at once, so memory is ``O(sub * m * K)``.
+"""
+
+from __future__ import annotations
+
+import math
+import numpy as np
+import torch
+
+from .balancing import EntropyBalancer
+from .errors import InputError, describe
+
+__all__ = ["pair_index"]
+
+
+def pair_index(m: int, K: int = 200, seed: int = 0) -> np.ndarray:
+    """Random partners ``J[i, k] != i``, distinct within a row: ``[m, min(K, m - 1)]`` int64.
+
+    Pass the same array to every call (``pairs=``) so that all nodes share
+    the same pairs (common random numbers): node rankings then do not depend
+    on pair noise.
+    """
+    if isinstance(m, bool) or not isinstance(m, (int, np.integer)) or m < 2:
+        raise InputError(f"m must be an int >= 2; received {describe(m)}")
+    if isinstance(K, bool) or not isinstance(K, (int, np.integer)) or K < 1:
+        raise InputError(f"K must be a positive int; received {describe(K)}")
+    K = min(int(K), m - 1)
+    rng = np.random.default_rng(seed)
+    out = np.empty((m, K), dtype=np.int64)
+    step = max(1, 2_000_000 // m)
+    for start in range(0, m, step):
+        stop = min(m, start + step)
+        keys = rng.random((stop - start, m - 1))
+        pick = np.argpartition(keys, K - 1, axis=1)[:, :K] if K < m - 1 else np.argsort(keys, axis=1)
+        rows = np.arange(start, stop)[:, None]
+        out[start:stop] = pick + (pick >= rows)  # skip j == i
+    return out
+
+
+def _check_pairs(pairs, m: int) -> torch.Tensor:
+    arr = np.asarray(pairs)
+    if arr.ndim != 2 or arr.shape[0] != m or arr.dtype.kind not in "iu":
+        raise InputError(f"pairs must be an int array [m = {m}, K]; received {describe(pairs)}")
+    if arr.min() < 0 or arr.max() >= m or (arr == np.arange(m)[:, None]).any():
+        raise InputError(f"pairs must hold indices in [0, {m}) with pairs[i, k] != i")
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def _kth(x: torch.Tensor, frac: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row lower ``frac`` quantile of ``x`` [B, N] (order statistic), over entries where ``mask``."""
+    if mask is not None:
+        x = x[:, mask]
+    N = x.shape[1]
+    k = min(N, max(1, int(math.floor(frac * (N - 1))) + 1))
+    return torch.kthvalue(x, k, dim=1).values
+
+
+def _winsorize(T: torch.Tensor, p: float | None, mask: torch.Tensor | None = None):
+    """Clip each row of ``T`` [B, N] at its ``p`` and ``1 - p`` quantiles; returns (T, share clipped)."""
+    if not p:
+        return T, torch.zeros(T.shape[0], dtype=T.dtype)
+    lo, hi = _kth(T, p, mask)[:, None], _kth(T, 1 - p, mask)[:, None]
+    clipped = (T < lo) | (T > hi)
+    if mask is not None:
+        share = (clipped & mask).sum(1) / mask.sum().clamp_min(1)
+    else:
+        share = clipped.double().mean(1)
+    return torch.minimum(torch.maximum(T, lo), hi), share.to(T.dtype)
+
+
+_CAP = 700.0  # largest log-weight kept (float64 exp overflows near 709)
+
+
+class _Pairs:
+    """The pairs ``(i, J[i, k])`` and everything about them shared by all nodes.
+
+    Node quantities are computed for sub-chunks of ``sub`` nodes at a time
+    and reduced at once to per-prompt totals, so memory stays at about
+    ``sub * m * K`` floats whatever the chunk size.
+    """
+
+    def __init__(self, q64, J, log_pi_x, dx_all, rows, sub: int = 8):
+        self.q64, self.J, self.rows, self.sub = q64, J, rows, sub
+        self.m = q64.shape[0]
+        self.lp = log_pi_x
+        self.dx = dx_all[rows]
+        self.dq = q64[J[rows]] - q64[rows, None, :]  # [m', K, d_q], shared by every node
+
+    def _logw(self, model, nodes: slice):
+        dnx = model.log_ratio(self.q64, self.J, self.rows, nodes=nodes, dq=self.dq).double()
+        return (self.lp[self.rows][:, None] + self.dx - dnx).clamp(max=_CAP)  # log w_ij = log pi_x,i R_ij
+
+    def _parts(self, B):
+        return [slice(s, min(B, s + self.sub)) for s in range(0, B, self.sub)]
+
+    def pair_ess(self, model) -> torch.Tensor:
+        """Effective sample size of the pair weights ``w_ij`` as a share of ``m' K``: [B]."""
+        out = []
+        for sl in self._parts(model.a.shape[0]):
+            logw = self._logw(model, sl).flatten(1)
+            out.append(torch.exp(2 * torch.logsumexp(logw, 1) - torch.logsumexp(2 * logw, 1)) / logw.shape[1])
+        return torch.cat(out)
+
+    def hajek_totals(self, model, winsorize):
+        """``log W_i = log sum_j w_ij`` per node [B, m'] (log-weights winsorized per node) and the clipped share."""
+        logW, share = [], []
+        for sl in self._parts(model.a.shape[0]):
+            logw = self._logw(model, sl)
+            b, mr, K = logw.shape
+            logw, sh = _winsorize(logw.reshape(b, mr * K), winsorize)
+            logW.append(torch.logsumexp(logw.reshape(b, mr, K), -1))
+            share.append(sh)
+        return torch.cat(logW), torch.cat(share)
+
+    def ht_row_means(self, model, y, variant, winsorize):
+        """Per-prompt means over partners of the HT terms ``T_ij`` (winsorized per node): [B, m], share."""
+        lp, yr = self.lp[self.rows], y[self.rows]
+        rows_out, share = [], []
+        for sl in self._parts(model.a.shape[0]):
+            logw = self._logw(model, sl)
+            if variant == "eq2":  # pi_x,i (R^nx R^x - 1) y_i
+                T = (torch.exp(logw) - torch.exp(lp)[:, None]) * yr[:, None]
+            else:  # algorithm1: R^nx pi_x,i (R^x - 1) y_i
+                T = torch.exp((logw - self.dx).clamp(max=_CAP)) * torch.expm1(self.dx.clamp(max=_CAP)) * yr[:, None]
+            b, mr, K = T.shape
+            T, sh = _winsorize(T.reshape(b, mr * K), winsorize)
+            full = torch.zeros(b, self.m, dtype=T.dtype)
+            full[:, self.rows] = T.reshape(b, mr, K).mean(-1)
+            rows_out.append(full)
+            share.append(sh)
+        return torch.cat(rows_out), torch.cat(share)
+
+
+def _stats_ht(row_mean, counts) -> tuple:
+    """HT AIE ``mean_i mean_j T_ij`` and its bootstrap over prompts."""
+    m = row_mean.shape[1]
+    return row_mean.sum(1) / m, row_mean @ counts.T / m
+
+
+def _stats_hajek(logW, log_pi_x, y, counts, calib=None) -> tuple:
+    """Hajek AIE ``sum_i W_i y_i / sum_i W_i - sum_i pi_i y_i / sum_i pi_i`` and its bootstrap over prompts.
+
+    ``W_i = sum_j w_ij`` are the pair-weight totals; ``calib`` [B, m, h]
+    (optional) are the additive features of :func:`_calibrate`.
+    """
+    pi = torch.exp(log_pi_x - log_pi_x.max())
+    if calib is not None:
+        logW = _calibrate(logW, pi, calib)
+    W = torch.exp(logW - logW.amax(1, keepdim=True))
+    value = (W @ y) / W.sum(1) - (pi * y).sum() / pi.sum()
+    boot = ((W * y) @ counts.T) / (W @ counts.T) - ((counts @ (pi * y)) / (counts @ pi))[None, :]
+    return value, boot
+
+
+def _calibrate(logW: torch.Tensor, pi: torch.Tensor, H: torch.Tensor) -> torch.Tensor:
+    """Tilt the pair-weight totals ``W_i`` so their weighted means of ``H`` equal those of the baseline ``pi``.
+
+    In the population the cross-world weights are orthogonal to every
+    outcome additive in ``q`` and ``(n, x)``; regularised weight models are
+    not, which biases the AIE of additive outcomes. The tilt is an exact
+    entropy balance of ``H = [q, q^2, n, n^2, x]`` with base weights ``W``
+    and targets the ``pi``-weighted means (a no-op in the population).
+    Problems whose balance is infeasible keep their untilted totals.
+    """
+    target = (pi[:, None] * H).sum(1, keepdim=True) / pi.sum() if H.ndim == 2 else \
+        (pi[None, :, None] * H).sum(1, keepdim=True) / pi.sum()
+    G = H - target
+    base = torch.exp(logW - logW.amax(1, keepdim=True))
+    eb = EntropyBalancer(0.0, tol=1e-8, max_iter=100, dtype=torch.float64).fit(G, base_weights=base)
+    ok = torch.tensor([s == "converged" for s in eb.status_])
+    tilted = torch.log(eb.weights_.clamp_min(1e-300))
+    return torch.where(ok[:, None], tilted, logW)
