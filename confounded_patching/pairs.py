@@ -184,7 +184,8 @@ def _calibrate(logW: torch.Tensor, pi: torch.Tensor, H: torch.Tensor) -> torch.T
     target = (pi[:, None] * H).sum(1, keepdim=True) / pi.sum() if H.ndim == 2 else \
         (pi[None, :, None] * H).sum(1, keepdim=True) / pi.sum()
     G = H - target
-    base = torch.exp(logW - logW.amax(1, keepdim=True))
+    # floor: log-weights spread by more than ~745 would underflow to exact zeros, which EB rejects
+    base = torch.exp(logW - logW.amax(1, keepdim=True)).clamp_min(1e-300)
     eb = EntropyBalancer(0.0, tol=1e-8, max_iter=100, dtype=torch.float64).fit(G, base_weights=base)
     ok = torch.tensor([s == "converged" for s in eb.status_])
     tilted = torch.log(eb.weights_.clamp_min(1e-300))

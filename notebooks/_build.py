@@ -832,7 +832,10 @@ TRANSFORMER_LENS = [
         cp.plot.compare(classic_last, med).show()
         """),
     code("""
-        med.to_dataframe().pivot_table(index="node", columns="method", values="value", sort=False).round(3).head(12)
+        # the nodes with the largest adjusted EB-AIE, next to their classic patching score
+        table = pd.concat([classic_last.to_dataframe(), med.to_dataframe()])
+        wide = table.pivot_table(index="node", columns="method", values="value", sort=False)
+        wide.reindex(wide["eb:adjusted"].abs().sort_values(ascending=False).index).head(10).round(3)
         """),
     md("""
         ## Notes for TransformerLens users

@@ -314,3 +314,17 @@ def test_unknown_options_list_the_valid_ones(sem):
 def test_several_nodes_passed_to_aie_point_to_aie_many(sem):
     with pytest.raises(InputError, match="Use aie_many for several nodes"):
         aie(sem.query, sem.nodes, sem.outcome)
+
+
+def test_calibration_survives_log_weights_spread_beyond_float_range():
+    import torch
+
+    from confounded_patching.pairs import _calibrate
+
+    g = torch.Generator().manual_seed(0)
+    m = 60
+    logW = torch.randn(2, m, generator=g, dtype=torch.float64) * 3
+    logW[:, 0] -= 1000.0  # exp underflows to exactly 0 without a floor
+    H = torch.randn(2, m, 3, generator=g, dtype=torch.float64)
+    out = _calibrate(logW, torch.ones(m, dtype=torch.float64), H)
+    assert out.shape == logW.shape and torch.isfinite(out).all()
