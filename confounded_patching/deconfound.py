@@ -104,8 +104,7 @@ def _outcome_values(metric, outcome, acts: Activations, m: int) -> tuple[np.ndar
 
 def _first_prompt_tokens(tokenizer, prompts) -> list[str]:
     """Token labels (``tok_i``) of the first prompt, for position axes; [] when unknown."""
-    from .models.tokens import as_id_lists
-    from .patching import _token_labels
+    from .models.tokens import as_id_lists, token_labels
 
     if prompts is None or tokenizer is None:
         return []
@@ -113,7 +112,7 @@ def _first_prompt_tokens(tokenizer, prompts) -> list[str]:
         first = as_id_lists(prompts if isinstance(prompts, torch.Tensor) else list(prompts)[:1], tokenizer)[0]
     except InputError:
         return []
-    return _token_labels(tokenizer, first)
+    return token_labels(tokenizer, first)
 
 
 def mediate(

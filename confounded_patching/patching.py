@@ -38,7 +38,7 @@ from .errors import InputError, describe
 from .metrics import as_metric, evaluate, for_rows, logits_request
 from .models import adapt
 from .models.sites import Plan, Read, Write
-from .models.tokens import TokenBatch, as_id_lists, columns, pad, _pad_id
+from .models.tokens import TokenBatch, as_id_lists, columns, pad, token_labels, _pad_id
 from .nodes import Node
 from .progress import progress_bar
 from .results import Result
@@ -299,17 +299,10 @@ def patch(
     if hasattr(bar, "close"):
         bar.close()
     texts = lambda ps: list(ps) if isinstance(ps, (list, tuple)) and all(isinstance(p, str) for p in ps) else None
-    tokens = _token_labels(adapter.tokenizer, clean_ids[0])
+    tokens = token_labels(adapter.tokenizer, clean_ids[0])
     return PatchingResult(nodes=nodes, raw=raw, clean=clean_m, corrupt=corrupt_m, direction=direction,
                           method=method, metric=metric.name, tokens=tokens, clean_prompts=texts(clean),
                           corrupt_prompts=texts(corrupt))
-
-
-def _token_labels(tokenizer, ids) -> list[str]:
-    if tokenizer is None:
-        return [f"{t}_{i}" for i, t in enumerate(ids)]
-    toks = tokenizer.convert_ids_to_tokens(list(ids))
-    return [f"{str(t).replace('Ġ', ' ').replace('▁', ' ')}_{i}" for i, t in enumerate(toks)]
 
 
 def _attribution(nodes, src, tgt, grads, length) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import InputError, describe
 
-__all__ = ["TokenBatch", "encode", "as_id_lists", "columns"]
+__all__ = ["TokenBatch", "encode", "as_id_lists", "columns", "token_labels"]
 
 
 @dataclass(frozen=True)
@@ -138,3 +138,11 @@ def columns(batch: TokenBatch, pos: int, *, rows: torch.Tensor | None = None, of
             f"so positions must lie in [-{int(lengths[r])}, {int(lengths[r]) - 1}]"
         )
     return cols
+
+
+def token_labels(tokenizer, ids) -> list[str]:
+    """Axis labels ``tok_i`` for a prompt's token ids (byte-level space markers shown as spaces)."""
+    if tokenizer is None:
+        return [f"{t}_{i}" for i, t in enumerate(ids)]
+    toks = tokenizer.convert_ids_to_tokens(list(ids))
+    return [f"{str(t).replace('Ġ', ' ').replace('▁', ' ')}_{i}" for i, t in enumerate(toks)]
