@@ -5,11 +5,14 @@ at the last 8 positions, and every head at all positions, for IOI-style pairs
 (clean: "... John gave a drink to" → " Mary"; corrupt: names swapped).
 transformer_lens.patching runs one forward per node (all pairs in the batch);
 ``cp.patch`` batches (pair, node) rows, ``batch_size`` per forward, with
-logits_to_keep=1. Prints times, ratios, the largest difference between the
-two (they must agree), and the Pearson correlation of attribution patching
-with exact patching. Variants are interleaved.
+logits_to_keep=1 and (by default) starts each patched row at its node's layer
+from the cached unpatched residual stream; ``--no-prefix`` times it without.
+Prints times, ratios, the largest difference between the two (they must
+agree), and the Pearson correlation of attribution patching with exact
+patching. Variants are interleaved round by round (order reversed every other
+round); ratios are of the per-variant medians.
 
-    python benchmarks/patching.py [--pairs 4] [--positions 8]
+    python benchmarks/patching.py [--pairs 4] [--positions 8] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=96)
     ap.add_argument("--positions", type=int, default=8, help="residual and MLP nodes at the last P positions")
+    ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     _common.setup_threads()
     from transformer_lens import patching as tlp
@@ -73,21 +77,14 @@ def main() -> None:
 
     index = pd.DataFrame([(l, p) for l in range(n_layers) for p in positions], columns=["layer", "pos"])
 
-    def ours():
-        res = []
-        for p in range(args.pairs):  # one pair at a time so the per-pair metric ids are simple
-            m = cp.metrics.logit_diff(int(a_ids[p]), int(b_ids[p]))
-            res.append(cp.patch(model, clean[p:p + 1], corrupt[p:p + 1], nodes, m, batch_size=args.batch_size,
-                                progress=False))
-        return np.concatenate([r.raw for r in res])
+    metric = cp.datasets.answer_logit_diff([a for a, _ in answers], [b for _, b in answers])
+
+    def ours(prefix=True):
+        return cp.patch(model, clean, corrupt, nodes, metric, batch_size=args.batch_size, progress=False,
+                        prefix_cache=prefix).raw
 
     def attribution():
-        res = []
-        for p in range(args.pairs):
-            m = cp.metrics.logit_diff(int(a_ids[p]), int(b_ids[p]))
-            res.append(cp.patch(model, clean[p:p + 1], corrupt[p:p + 1], nodes, m, method="attribution",
-                                progress=False))
-        return np.concatenate([r.raw for r in res])
+        return cp.patch(model, clean, corrupt, nodes, metric, method="attribution", progress=False).raw
 
     def theirs():
         _, cache = bridge.run_with_cache(clean)
@@ -98,12 +95,22 @@ def main() -> None:
                                          "mlp_out", index_df=index)
         return torch.cat([r.flatten(), h.flatten(), m.flatten()]).numpy()
 
-    t_tl, tl = _common.timed(theirs)
-    t_ours, raw = _common.timed(ours)
-    t_attr, attr = _common.timed(attribution)
+    variants = {"tl": theirs, "ours": ours, "ours_no_prefix": lambda: ours(False), "attribution": attribution}
+    times, out = {k: [] for k in variants}, {}
+    for r in range(args.rounds):
+        for name in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
+            t, out[name] = _common.timed(variants[name])
+            times[name].append(t)
+            print(f"  round {r + 1}: {name} {t:.1f} s", flush=True)
+    t_tl, t_ours, t_attr, t_np = (float(np.median(times[k])) for k in ("tl", "ours", "attribution",
+                                                                       "ours_no_prefix"))
+    tl, raw, attr = out["tl"], out["ours"], out["attribution"]
     diff = np.abs(raw.mean(0) - tl).max()
+    diff_np = np.abs(out["ours_no_prefix"] - raw).max()
     print(f"transformer_lens.patching: {t_tl:.1f} s")
     print(f"cp.patch (exact):          {t_ours:.1f} s   speed-up vs TL: {t_tl / t_ours:.2f}x (target >= 3x)")
+    print(f"cp.patch (exact, no prefix cache): {t_np:.1f} s   speed-up vs TL: {t_tl / t_np:.2f}x; prefix cache "
+          f"gain {t_np / t_ours:.2f}x; max |with − without| {diff_np:.1e}")
     print(f"cp.patch (attribution):    {t_attr:.1f} s   speed-up vs exact: {t_ours / t_attr:.1f}x, vs TL: "
           f"{t_tl / t_attr:.1f}x")
     print(f"max |ours − TL| of the mean over pairs: {diff:.2e} (metric range {np.ptp(tl):.2f})")

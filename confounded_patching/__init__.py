@@ -5,6 +5,7 @@ Public names (a table of contents; see each module for the method):
 - nodes: ``MLP``, ``Head``, ``Resid``, ``nodes``
 - activations: ``collect``, ``capture``, ``Activations``
 - classic patching: ``patch``, ``resample``, ``metrics``
+- ablation: ``ablate``, ``ablation_curve``
 - deconfounded estimator: ``EntropyBalancer``, ``balance_features``, ``aie``, ``mediate``
 - figures and data: ``plot``, ``datasets``, ``models``
 
@@ -30,6 +31,8 @@ _LAZY = {
     "PatchingResult": "patching",
     "ResampleResult": "patching",
     "ablate": "ablation",
+    "ablation_curve": "ablation",
+    "AblationResult": "ablation",
     "EntropyBalancer": "balancing",
     "balance_features": "balancing",
     "aie": "mediation",

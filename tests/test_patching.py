@@ -298,3 +298,43 @@ def test_full_logits_metric_sees_every_position():
     np.testing.assert_allclose(res_first.raw[:, 1], res_first.corrupt, rtol=1e-6, atol=1e-6)
     acts = cp.collect(hf, ["w1 w2 w3", "w4 w5"], nodes[:1], metric=first, tokenizer=tok, progress=False)
     assert acts.outcome.shape == (2,)
+
+
+@pytest.mark.parametrize("family", tiny.FAMILIES)
+@pytest.mark.parametrize("backend", ["hf", "nnsight"])
+def test_prefix_cache_skips_early_blocks_and_changes_nothing(family, backend):
+    hf, tok = tiny.hf_model(family, n_layers=3), tiny.tokenizer()
+    model = hf if backend == "hf" else nnsight.TransformersModel(hf, tokenizer=tok)
+    layout = cp.models.adapt(hf, tok).spec.layout
+    mlp0 = hf.get_submodule(f"{layout.blocks}.0.{layout.mlp}")
+    nodes = ([cp.Resid(l, p) for l in range(3) for p in range(6)] + [cp.Head(l, h, None) for l in range(3)
+             for h in range(4)] + [cp.MLP(l, -1) for l in range(3)])
+    raw, rows = {}, {}
+    for cached in (True, False):
+        seen = []
+        handle = mlp0.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+        try:
+            for direction in ("denoise", "noise"):
+                raw[cached, direction] = cp.patch(model, CLEAN[:2], CORRUPT[:2], nodes, cp.metrics.logit_diff(A, B),
+                                                  direction=direction, batch_size=8, tokenizer=tok, progress=False,
+                                                  prefix_cache=cached).raw
+        finally:
+            handle.remove()
+        rows[cached] = sum(seen)
+    for direction in ("denoise", "noise"):
+        np.testing.assert_allclose(raw[True, direction], raw[False, direction], rtol=1e-5, atol=1e-6)
+    if family == "bloom":  # its blocks return a tuple: every row runs from the embeddings
+        assert rows[True] >= rows[False]
+    else:  # layer-1 and layer-2 rows never reach block 0
+        assert rows[True] < rows[False] / 2
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gemma"])
+def test_resample_prefix_cache_changes_nothing_on_ragged_prompts(family):
+    hf, tok = tiny.hf_model(family, n_layers=3), tiny.tokenizer()
+    prompts = tiny.prompts(6, lo=3, hi=9)
+    nodes = [cp.Resid(2, -1), cp.Head(1, 2, -2), cp.MLP(2, -1), cp.MLP(0, -1), cp.Head(2, 0, -1)]
+    out = {cached: cp.resample(hf, prompts, nodes, cp.metrics.logit_diff(A, B), n_pairs=9, tokenizer=tok,
+                               batch_size=5, progress=False, prefix_cache=cached).effects for cached in (True, False)}
+    np.testing.assert_allclose(out[True], out[False], rtol=1e-5, atol=1e-5)
+    assert np.abs(out[False]).max() > 1e-3  # the nodes do move the metric

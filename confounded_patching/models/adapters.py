@@ -39,6 +39,7 @@ class Adapter:
 
     name = "adapter"
     supports_remote = False
+    supports_start = False  # can begin a forward pass at a later block (see ``run(start=...)``)
     model: Any
     tokenizer: Any
     spec: ModelSpec
@@ -60,12 +61,15 @@ class Adapter:
         except InputError as err:
             raise InputError(str(err).replace("prompts", argument, 1)) from None
 
-    def run(self, batch: TokenBatch, plan: Plan, *, logits: bool = True, **kwargs) -> tuple[dict, torch.Tensor | None]:
+    def run(self, batch: TokenBatch, plan: Plan, *, logits: bool = True, start=None,
+            **kwargs) -> tuple[dict, torch.Tensor | None]:
         """One forward pass performing ``plan``; returns (reads, logits).
 
         ``logits``: True for the logits at each row's last real token
         ``[batch, vocab]``, ``"full"`` for every position ``[batch, seq, vocab]``,
-        False for none.
+        False for none. ``start=(layer, hidden)`` skips blocks ``0..layer-1``
+        and feeds ``hidden`` ``[batch, seq, d_model]`` to block ``layer`` as its
+        input (only where :meth:`can_start`; the plan may touch no earlier site).
         """
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         if "remote" in kwargs and not self.supports_remote:
@@ -74,10 +78,23 @@ class Adapter:
                 f"{self.name}, which runs locally only (received remote={kwargs['remote']!r})"
             )
         batch = batch.to(self.device)
+        if start is not None and start[0] > 0:
+            if not self.can_start():
+                raise InputError(f"this {self.name} model cannot start a forward pass at a later block")
+            return self._forward(batch, plan.to(self.device), logits, start=(start[0], start[1].to(self.device)),
+                                 **kwargs)
         return self._forward(batch, plan.to(self.device), logits, **kwargs)
 
     def _forward(self, batch, plan, logits, **kwargs):  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def can_start(self) -> bool:
+        """Whether ``run(start=...)`` works: the backend can skip blocks and each block returns a plain tensor."""
+        if not self.supports_start:
+            return False
+        if not hasattr(self, "_blocks_return_tensor"):
+            self._blocks_return_tensor = _blocks_return_tensor(self.module, self.spec.layout)
+        return self._blocks_return_tensor
 
     def grad_run(self, batch: TokenBatch, sites, metric_fn) -> tuple[dict, dict, torch.Tensor]:
         """Forward with gradients: site tensors, d(metric_fn(logits).sum())/d(site), last logits.
@@ -113,6 +130,41 @@ class Adapter:
         if node.kind == "head" and node.head >= spec.n_heads:
             raise InputError(f"{argument}: {node!r} has head {node.head}, but the model has "
                              f"{spec.n_heads} heads per layer (valid: 0..{spec.n_heads - 1})")
+
+
+def _blocks_return_tensor(hf, layout) -> bool:
+    """Probe one 2-token forward: does block 0 return a plain tensor (the next block's input)?"""
+    seen = []
+    handle = hf.get_submodule(f"{layout.blocks}.0").register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        device = next(hf.parameters()).device
+        ids = torch.ones(1, 2, dtype=torch.long, device=device)
+        with torch.no_grad():
+            hf(input_ids=ids, attention_mask=torch.ones_like(ids))
+    except Exception:  # noqa: BLE001 - any failure means: do not skip blocks
+        return False
+    finally:
+        handle.remove()
+    return bool(seen) and isinstance(seen[0], torch.Tensor)
+
+
+@contextlib.contextmanager
+def _skipped_blocks(hf, layout, layer: int, hidden: torch.Tensor):
+    """Blocks ``0..layer-1`` return ``hidden`` without computing (instance ``forward`` swapped, then restored)."""
+    blocks = [hf.get_submodule(f"{layout.blocks}.{j}") for j in range(layer)]
+    missing = object()
+    saved = [b.__dict__.get("forward", missing) for b in blocks]
+    skip = lambda *args, **kwargs: hidden
+    try:
+        for b in blocks:
+            b.forward = skip
+        yield
+    finally:
+        for b, f in zip(blocks, saved):
+            if f is missing:
+                b.__dict__.pop("forward", None)
+            else:
+                b.forward = f
 
 
 def _gather_last(logits: torch.Tensor, batch: TokenBatch, full: bool = False) -> torch.Tensor:
@@ -192,6 +244,7 @@ class NNsightAdapter(_HFGrad, Adapter, _HFInputs):
 
     name = "nnsight"
     supports_remote = True
+    supports_start = True
 
     def __init__(self, model, tokenizer=None):
         self.model = model
@@ -219,8 +272,12 @@ class NNsightAdapter(_HFGrad, Adapter, _HFInputs):
         if kwargs.get("remote"):
             self._check_remote(kwargs["remote"])
             _register_for_remote()
+        start = kwargs.pop("start", None)
         want = [None]
         with torch.no_grad(), self.model.trace(**inputs, **kwargs):
+            if start is not None:  # nnsight's own module skipping, in forward order
+                for j in range(start[0]):
+                    self.model.get(f"{self.spec.layout.blocks}.{j}").skip(start[1])
             out = nnsight.save({})
             for site in plan.sites():
                 apply(plan, site, self.envoy(*site), n_heads, out)
@@ -265,6 +322,7 @@ class HFAdapter(_HFGrad, Adapter, _HFInputs):
     """A plain Hugging Face causal LM and its tokenizer, driven by torch hooks."""
 
     name = "transformers"
+    supports_start = True
 
     def __init__(self, model, tokenizer=None):
         self.model = model
@@ -272,10 +330,12 @@ class HFAdapter(_HFGrad, Adapter, _HFInputs):
         self.spec = spec_from_hf(model)
 
     def _forward(self, batch, plan, logits, **kwargs):
+        start = kwargs.pop("start", None)
         if kwargs:
             raise InputError(f"unexpected keyword arguments for a plain HF model: {sorted(kwargs)}")
         layout, n_heads, out = self.spec.layout, self.spec.n_heads, {}
         handles = []
+        skipping = _skipped_blocks(self.model, layout, *start) if start is not None else contextlib.nullcontext()
         try:
             for site in plan.sites():
                 kind, layer = site
@@ -287,7 +347,7 @@ class HFAdapter(_HFGrad, Adapter, _HFInputs):
                         _pre_hook(plan, site, n_heads, out), with_kwargs=True))
                 else:
                     handles.append(block.get_submodule(layout.mlp).register_forward_hook(_post_hook(plan, site, n_heads, out)))
-            with torch.no_grad():
+            with torch.no_grad(), skipping:
                 result = self.model(**self._hf_inputs(self.model, batch, logits))
         finally:
             for h in handles:
