@@ -134,6 +134,18 @@ def _prepare(adapter, prompts, id_lists, nodes, how, reference, seed, batch_size
                              f"reference={describe(reference)}")
         zero = torch.zeros(())
         return {n: (lambda rows: zero) for n in nodes}, None
+    from .activations import Activations
+
+    if isinstance(reference, Activations):  # values already collected: no forward pass needed
+        missing = [n for n in nodes if n not in reference]
+        if missing:
+            raise InputError(f"reference: the activations do not hold {len(missing)} of the nodes, e.g. "
+                             f"{missing[0]!r}; collect them with cp.collect(model, prompts, nodes)")
+        if how == "mean":
+            return {n: (lambda rows, m=reference[n].double().mean(0).float(): m.expand(len(rows), -1))
+                    for n in nodes}, None
+        donors = np.random.default_rng(seed).integers(0, len(reference), len(id_lists))
+        return {n: (lambda rows, v=reference[n]: v[[int(donors[i]) for i in rows]]) for n in nodes}, donors
     same = reference is None or reference is prompts
     ref_ids = id_lists if same else as_id_lists(reference, adapter.tokenizer, argument="reference")
     _check_positions(ref_ids, nodes, "reference")
@@ -246,7 +258,9 @@ def ablate(
         how: ``"mean"`` (mean over ``reference`` at the node's position),
             ``"resample"`` (values of one donor prompt of ``reference`` per
             prompt, the same donor for every node) or ``"zero"``.
-        reference: prompts that supply the values (default: ``prompts``).
+        reference: prompts that supply the values (default: ``prompts``), or
+            an :class:`~.activations.Activations` from :func:`~.activations.collect`
+            holding the nodes (no extra forward pass).
             With the default, resample donors satisfy ``j ≠ i``; an explicit
             reference is drawn from uniformly. Not accepted by ``"zero"``.
         seed: seed of the donor draw (``"resample"``).

@@ -278,3 +278,21 @@ def test_bad_curve_arguments_are_rejected():
         cp.ablation_curve(hf, prompts, NODES, metric, ks=(), tokenizer=tok)
     with pytest.raises(cp.InputError, match=r"ranked_nodes\[0\] = MLP\(0, pos=None\): how='mean' needs"):
         cp.ablation_curve(hf, prompts, [cp.MLP(0, None)], metric, ks=(1,), tokenizer=tok)
+
+
+def test_reference_as_collected_activations_equals_reference_prompts():
+    hf, tok = tiny.hf_model("llama"), tiny.tokenizer()
+    prompts, metric = tiny.prompts(5, seed=3), cp.metrics.logit_diff(40, 41)
+    nodes = [cp.Head(1, 3, -1), cp.MLP(0, -1), cp.Resid(1, -2)]
+    acts = cp.collect(hf, prompts, nodes, tokenizer=tok, progress=False)
+    a = cp.ablate(hf, prompts, nodes, metric, tokenizer=tok, progress=False)
+    b = cp.ablate(hf, prompts, nodes, metric, reference=acts, tokenizer=tok, progress=False)
+    np.testing.assert_allclose(b.values, a.values, rtol=1e-5, atol=1e-6)
+    assert np.abs(a.effect).max() > 1e-4
+    r = cp.ablate(hf, prompts, nodes, metric, how="resample", reference=acts, seed=1, tokenizer=tok, progress=False)
+    hand = cp.ablate(hf, prompts, nodes, metric, how="resample", reference=[prompts[j] for j in range(5)], seed=1,
+                     tokenizer=tok, progress=False)
+    np.testing.assert_array_equal(r.donors, hand.donors)
+    np.testing.assert_allclose(r.values, hand.values, rtol=1e-5, atol=1e-6)
+    with pytest.raises(cp.InputError, match="do not hold"):
+        cp.ablate(hf, prompts, [cp.MLP(1, -1)], metric, reference=acts, tokenizer=tok, progress=False)
