@@ -62,9 +62,27 @@ def top_overlap(a, b, k: int) -> float:
 
 
 def top_share(v, frac: float = 0.1) -> float:
-    s = np.sort(np.abs(v))[::-1]
+    v = np.asarray(v, dtype=float)
+    s = np.sort(np.abs(v[np.isfinite(v)]))[::-1]
     k = max(1, int(round(frac * len(s))))
     return float(s[:k].sum() / s.sum()) if s.sum() > 0 else float("nan")
+
+
+def agreement(est: dict, truth: dict) -> list[dict]:
+    """Correlations and top-k overlaps of every estimate with every truth, over nodes where both are finite."""
+    rows = []
+    pairs = [(e, v, t, tv) for e, v in est.items() for t, tv in truth.items()]
+    names = list(truth)
+    if len(names) == 2:
+        pairs.append((names[0], truth[names[0]], names[1], truth[names[1]]))
+    for e, v, t, tv in pairs:
+        v, tv = np.asarray(v, dtype=float), np.asarray(tv, dtype=float)
+        ok = np.isfinite(v) & np.isfinite(tv)
+        a, b = v[ok], tv[ok]
+        rows.append({"estimate": e, "truth": t, "n": int(ok.sum()), "spearman": spearman(a, b),
+                     "spearman_abs": spearman(np.abs(a), np.abs(b)), "pearson": pearson(a, b),
+                     "top10_overlap": top_overlap(a, b, 10), "top30_overlap": top_overlap(a, b, 30)})
+    return rows
 
 
 def timed(fn):
@@ -124,17 +142,7 @@ def run_dataset(name, data, model, tok, args, log) -> dict:
         cost[label] = (rows, t)
         log(f"[{name}] {label}: {t:.1f} s")
 
-    table = []
-    for e, v in est.items():
-        for tname, tr in truth.items():
-            table.append({"estimate": e, "truth": tname, "spearman": spearman(v, tr.value),
-                          "spearman_abs": spearman(np.abs(v), np.abs(tr.value)),
-                          "pearson": pearson(v, tr.value), "top10_overlap": top_overlap(v, tr.value, 10),
-                          "top30_overlap": top_overlap(v, tr.value, 30)})
-    rs = truth["resample"].value, truth["resample stratified"].value
-    table.append({"estimate": "resample", "truth": "resample stratified", "spearman": spearman(*rs),
-                  "spearman_abs": spearman(np.abs(rs[0]), np.abs(rs[1])),
-                  "pearson": pearson(*rs), "top10_overlap": top_overlap(*rs, 10), "top30_overlap": top_overlap(*rs, 30)})
+    table = agreement(est, {k: r.value for k, r in truth.items()})
 
     # ablation of each ranking's top-k nodes on held-out prompts
     rankings = {k: v for k, v in est.items() if "[" not in k}
@@ -173,11 +181,11 @@ def print_report(res: dict) -> None:
     print("resample precision (median se / sd across nodes): "
           + ", ".join(f"{k} {v:.2f}" for k, v in res["noise_ratio"].items()))
     print(f"EB diagnostics (adjusted, default): {res['diagnostics']}")
-    print(f"\n{'estimate':34s} {'truth':22s} {'Spearman':>9s} {'Sp. |v|':>8s} {'Pearson':>8s} {'top10':>6s} "
-          f"{'top30':>6s}")
+    print(f"\n{'estimate':34s} {'truth':22s} {'nodes':>5s} {'Spearman':>9s} {'Sp. |v|':>8s} {'Pearson':>8s} "
+          f"{'top10':>6s} {'top30':>6s}")
     for row in res["table"]:
-        print(f"{row['estimate']:34s} {row['truth']:22s} {row['spearman']:9.3f} {row['spearman_abs']:8.3f} "
-              f"{row['pearson']:8.3f} "
+        print(f"{row['estimate']:34s} {row['truth']:22s} {row['n']:5d} {row['spearman']:9.3f} "
+              f"{row['spearman_abs']:8.3f} {row['pearson']:8.3f} "
               f"{row['top10_overlap']:6.2f} {row['top30_overlap']:6.2f}")
     print(f"\n{'method':34s} {'forward rows':>12s} {'seconds':>9s}")
     for k, c in res["cost"].items():
@@ -244,7 +252,20 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/out/evidence")
+    ap.add_argument("--report-only", action="store_true",
+                    help="recompute the tables and figures from OUT/evidence.json without running the model")
     args = ap.parse_args()
+    if args.report_only:
+        results = json.loads((Path(args.out) / "evidence.json").read_text())
+        for res in results:
+            vals = res["values"]
+            truth_names = [k for k in ("resample", "resample stratified") if k in vals]
+            res["table"] = agreement({k: v for k, v in vals.items() if k not in truth_names},
+                                     {k: vals[k] for k in truth_names})
+            res["localization"] = {k: top_share(v) for k, v in vals.items()}
+            print_report(res)
+        figures(results, Path(args.out))
+        return
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown or "default" not in args.variants:

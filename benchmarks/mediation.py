@@ -2,7 +2,9 @@
 
 Nodes: 30 MLP + 270 heads at the last position and the residual stream at the
 last 8 positions of 30 layers (540 nodes). Prompts: the built-in professions
-set (topics as the confounder, outcome logit(" he") − logit(" she")).
+set (topics as the confounder, outcome logit(" he") − logit(" she")), each
+after the sentence ``PREFIX`` so that every prompt has at least 8 tokens (the
+shortest professions prompts have 4).
 
 The capture runs once (its time is printed) into an activation store; then,
 for each prompt count, a fresh subprocess loads that many prompts and runs
@@ -26,6 +28,9 @@ import _common  # noqa: F401
 import torch
 
 import confounded_patching as cp
+
+
+PREFIX = "Here is a sentence from a short story. "
 
 
 def nodes_for(model):
@@ -71,9 +76,10 @@ def main() -> None:
     data = cp.datasets.professions(n=max(sizes), tokenizer=model.tokenizer)
     nodes = nodes_for(model)
     t0 = time.perf_counter()
-    store = cp.collect(model, list(data.prompts), nodes, metric=data.metric, embed_layer=7, batch_size=32,
+    prompts = [PREFIX + p for p in data.prompts]
+    store = cp.collect(model, prompts, nodes, metric=data.metric, embed_layer=7, batch_size=32,
                        store=args.store, progress=False)
-    print(f"capture of {len(data.prompts)} prompts x {len(nodes)} nodes into {args.store}: "
+    print(f"capture of {len(prompts)} prompts x {len(nodes)} nodes into {args.store}: "
           f"{time.perf_counter() - t0:.1f} s (0 s if the store was complete)")
     env = {**os.environ, "CP_BENCH_TOPICS": json.dumps(list(data.topics))}
     print(f"{'prompts':>8} {'seconds':>8} {'s/node':>7} {'peak MB above data':>19}  status (adjusted)")

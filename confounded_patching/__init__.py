@@ -3,7 +3,7 @@
 Public names (a table of contents; see each module for the method):
 
 - nodes: ``MLP``, ``Head``, ``Resid``, ``nodes``
-- activations: ``collect``, ``capture``, ``Activations``
+- activations: ``collect``, ``capture``, ``Activations``, ``ActivationStore`` (on disk)
 - classic patching: ``patch``, ``resample``, ``metrics``
 - ablation: ``ablate``, ``ablation_curve``
 - deconfounded estimator: ``EntropyBalancer``, ``balance_features``, ``aie``, ``mediate``
@@ -26,6 +26,7 @@ _LAZY = {
     "collect": "activations",
     "capture": "activations",
     "Activations": "activations",
+    "ActivationStore": "store",
     "patch": "patching",
     "resample": "patching",
     "PatchingResult": "patching",

@@ -194,6 +194,9 @@ class _Dense:
     def subset(self, idx):
         return _Dense(self.G[idx], None if self.offset is None else self.offset[idx])
 
+    def to(self, device, dtype):
+        return _Dense(self.G.to(device, dtype), None if self.offset is None else self.offset.to(device, dtype))
+
 
 class _Factored:
     """``g(q, z) = [q, q^2 - c, z, q outer z]`` without materialising it.
@@ -283,6 +286,14 @@ class _Factored:
             out.zt = out.z.permute(1, 0, 2).reshape(self.m, out.B * self.dz)
         else:
             out.q, out.sq = self.q[idx], (self.sq[idx] if self.squares else None)
+        return out
+
+    def to(self, device, dtype):
+        out = _Factored.__new__(_Factored)
+        out.__dict__.update(self.__dict__)
+        for name in ("q", "sq", "z", "zt"):
+            t = getattr(self, name)
+            setattr(out, name, None if t is None else t.to(device, dtype))
         return out
 
 
@@ -480,34 +491,50 @@ class EntropyBalancer:
             otherwise).
         tol: stop when the KKT residual (the gradient's sup-norm for gamma =
             0) is at most ``tol``.
-        device, dtype: where and in which precision to solve (float64 by
-            default).
+        device: where to solve: None (where the input is; the CPU for
+            numpy), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
+            A GPU that torch does not see raises :class:`InputError`.
+        dtype: solver precision (float64 by default).
         solver: ``"auto"`` (Newton where every gamma is 0, FISTA otherwise),
             ``"newton"`` or ``"fista"``.
+        verify: re-check the solution in float64 on the CPU and set
+            ``status_`` from that check: ``"auto"`` (default) does so when
+            the solve ran off the CPU, where float32 and TF32 matmuls can blur
+            the optimality conditions; ``True`` always; ``False`` never.
+            torch's global TF32 and matmul-precision settings are never
+            changed.
 
     Attributes (after ``fit``; per problem for batched input):
         weights_: weights summing to one, ``[m]`` or ``[B, m]`` (numpy if
             the input was numpy, else torch).
         lambda_: dual solution, ``[p]`` or ``[B, p]``.
-        status_: ``"converged"``, ``"max_iter"`` or ``"infeasible"`` (a list
-            for batches). Infeasible problems' weights are those at the last
-            iterate and must not be used.
+        status_: ``"converged"`` (KKT residual at most ``tol``),
+            ``"max_iter"`` (stopped without meeting ``tol``: the iteration cap,
+            or a verified solve whose float64 KKT residual exceeds ``tol``) or
+            ``"infeasible"`` (the dual certificate holds) — a list for batches.
+            Infeasible problems' weights are those at the last iterate and
+            must not be used.
         n_iter_: iterations used.
         imbalance_: ``||G^T w||_inf``.
         violation_: ``max_k (|(G^T w)_k| - gamma_k)_+``.
         gap_: duality gap ``sum_k gamma_k |lam_k| - lam_k (G^T w)_k``.
         ess_: effective sample size ``(sum w)^2 / sum w^2``.
         converged_: ``status_ == "converged"``.
+        kkt_: KKT residual of ``lambda_`` (sup-norm of the minimal
+            subgradient of the dual; 0 at the optimum).
+        verified_: whether the attributes come from the float64 CPU re-check
+            (then every array attribute is float64 on the CPU).
     """
 
     def __init__(self, gamma=0.0, *, max_iter: int = 5000, tol: float = 1e-8, device=None,
-                 dtype=torch.float64, solver: str = "auto"):
+                 dtype=torch.float64, solver: str = "auto", verify="auto"):
         self.gamma = gamma
         self.max_iter = max_iter
         self.tol = tol
         self.device = device
         self.dtype = dtype
         self.solver = solver
+        self.verify = verify
 
     # -- public --------------------------------------------------------------
 
@@ -521,14 +548,14 @@ class EntropyBalancer:
         gamma path.
         """
         self._check_params()
-        Gt = _as_tensor("G", G, dtype=self.dtype, device=self.device, ndims=(2, 3))
+        Gt = _as_tensor("G", G, dtype=self.dtype, device=self._device, ndims=(2, 3))
         batched = Gt.ndim == 3
         Gt = Gt if batched else Gt.unsqueeze(0)
         if Gt.shape[1] < 2:
             raise InputError(f"G must have at least 2 rows; received {describe(G)}")
         offset = None
         if base_weights is not None:
-            bw = _as_tensor("base_weights", base_weights, dtype=self.dtype, device=self.device, ndims=(1, 2))
+            bw = _as_tensor("base_weights", base_weights, dtype=self.dtype, device=self._device, ndims=(1, 2))
             bw = bw if bw.ndim == 2 else bw.unsqueeze(0)
             if bw.shape[-1] != Gt.shape[1] or bw.shape[0] not in (1, Gt.shape[0]) or bool((bw <= 0).any()):
                 raise InputError(f"base_weights must be positive with one entry per row of G ({Gt.shape[1]}); "
@@ -552,8 +579,8 @@ class EntropyBalancer:
         warm-starts the solver. Returns ``self``.
         """
         self._check_params()
-        qt = _as_tensor("q", q, dtype=self.dtype, device=self.device, ndims=(2, 3))
-        zt = _as_tensor("z", z, dtype=self.dtype, device=self.device, ndims=(2, 3))
+        qt = _as_tensor("q", q, dtype=self.dtype, device=self._device, ndims=(2, 3))
+        zt = _as_tensor("z", z, dtype=self.dtype, device=self._device, ndims=(2, 3))
         batched = zt.ndim == 3 or qt.ndim == 3
         if zt.ndim == 2:
             zt = zt.unsqueeze(0)
@@ -571,6 +598,15 @@ class EntropyBalancer:
     # -- internals -----------------------------------------------------------
 
     def _check_params(self):
+        from .devices import resolve_device
+
+        # None: solve where the input lives (validated device otherwise); the parameter itself is not modified
+        self._device = None if self.device is None else resolve_device(self.device)
+        if self.verify not in ("auto", True, False):
+            raise InputError(f"verify must be 'auto', True or False; received {describe(self.verify)}")
+        if not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
+            raise InputError(f"dtype must be a torch floating dtype (e.g. torch.float64); "
+                             f"received {describe(self.dtype)}")
         if self.solver not in ("auto", "newton", "fista"):
             raise InputError(f"solver must be one of {{'auto', 'newton', 'fista'}}; received {self.solver!r}")
         if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
@@ -578,10 +614,10 @@ class EntropyBalancer:
         if not (isinstance(self.tol, (int, float)) and self.tol > 0):
             raise InputError(f"tol must be a positive number; received {describe(self.tol)}")
 
-    def _gamma(self, B: int, p: int) -> torch.Tensor:
+    def _gamma(self, B: int, p: int, device) -> torch.Tensor:
         g = self.gamma
         gt = g.detach() if isinstance(g, torch.Tensor) else torch.as_tensor(np.asarray(g, dtype=np.float64))
-        gt = gt.to(device=self.device, dtype=self.dtype)
+        gt = gt.to(device=device, dtype=self.dtype)
         if gt.ndim == 0:
             gt = gt.expand(B, p)
         elif gt.ndim == 1 and gt.shape[0] == p:
@@ -594,10 +630,11 @@ class EntropyBalancer:
         return gt.contiguous()
 
     def _solve(self, op, batched: bool, numpy_out: bool, lambda_init=None):
-        gamma = self._gamma(op.B, op.p)
-        lam0 = torch.zeros(op.B, op.p, dtype=self.dtype, device=self.device)
+        dev = _device_of(op)  # where the features are: self.device, else where the input was
+        gamma = self._gamma(op.B, op.p, dev)
+        lam0 = torch.zeros(op.B, op.p, dtype=self.dtype, device=dev)
         if lambda_init is not None:
-            li = _as_tensor("lambda_init", lambda_init, dtype=self.dtype, device=self.device, ndims=(1, 2))
+            li = _as_tensor("lambda_init", lambda_init, dtype=self.dtype, device=dev, ndims=(1, 2))
             if li.shape[-1] != op.p or (li.ndim == 2 and li.shape[0] != op.B):
                 raise InputError(f"lambda_init must have shape [{op.p}] or [{op.B}, {op.p}]; received {describe(lambda_init)}")
             lam0 = lam0 + li
@@ -606,7 +643,7 @@ class EntropyBalancer:
         if use_newton and not smooth:
             raise InputError("solver='newton' needs gamma = 0 everywhere; received positive gamma entries")
         # lam = 0 is optimal where uniform weights already satisfy every tolerance
-        w0 = torch.softmax(_with_offset(op, torch.zeros(op.B, op.m, dtype=self.dtype, device=self.device)), -1)
+        w0 = torch.softmax(_with_offset(op, torch.zeros(op.B, op.m, dtype=self.dtype, device=dev)), -1)
         trivial = ((op.moments(w0).abs() - gamma) <= 1e-12 * (1 + gamma)).all(-1)
         sol = _Solution(torch.where(trivial[:, None], torch.zeros_like(lam0), lam0),
                         ["converged"] * op.B, torch.zeros(op.B, dtype=torch.long))
@@ -621,6 +658,9 @@ class EntropyBalancer:
             for k, i in enumerate(todo.tolist()):
                 sol.status[i] = s.status[k]
             sol.n_iter[todo.cpu()] = s.n_iter
+        self.verified_ = _verify_wanted(self.verify, dev)
+        if self.verified_:
+            op, sol, gamma = _verify(op, sol, gamma, self.tol)
         self._set_attributes(op, sol, gamma, batched, numpy_out)
         return self
 
@@ -639,9 +679,42 @@ class EntropyBalancer:
         self.gap_ = conv(pick((gamma * sol.lam.abs() - sol.lam * mom).sum(-1)))
         self.ess_ = conv(pick(1.0 / (w * w).sum(-1)))
         self.moments_ = conv(pick(mom))
+        self.kkt_ = conv(pick(_kkt_residual(-mom, sol.lam, gamma)))
         self.converged_ = [st == "converged" for st in sol.status] if batched else sol.status[0] == "converged"
         self.gamma_ = conv(pick(gamma))
         self.n_features_ = op.p
+
+
+def _verify_wanted(verify, device: torch.device) -> bool:
+    """``verify=True``, or ``"auto"`` off the CPU."""
+    return verify is True or (verify == "auto" and torch.device(device).type != "cpu")
+
+
+def _device_of(op) -> torch.device:
+    return (op.G if isinstance(op, _Dense) else op.z).device
+
+
+def _verify(op, sol: _Solution, gamma: torch.Tensor, tol: float):
+    """Re-check a solution in float64 on the CPU: statuses from the float64 KKT residual and dual certificate.
+
+    A solve in float32 (or with TF32 matmuls on a GPU) may stop where its
+    own arithmetic says the KKT conditions hold when they do not, or miss
+    that they do. Here ``converged`` means the float64 KKT residual is at
+    most ``tol``; otherwise ``infeasible`` where the float64 certificate
+    holds, else ``max_iter``. Returns the float64 CPU operator, solution
+    and tolerances, from which the fitted attributes are then computed.
+    """
+    cpu, f64 = torch.device("cpu"), torch.float64
+    op64 = op.to(cpu, f64)
+    lam = sol.lam.to(cpu, f64)
+    gam = gamma.to(cpu, f64)
+    s = op64.scores(lam)
+    w = torch.softmax(_with_offset(op64, s), dim=-1)
+    kkt = _kkt_residual(-op64.moments(w), lam, gam)
+    infeasible = _certificate_from_scores(s, lam, gam)
+    status = ["converged" if bool(k <= tol) else "infeasible" if bool(c) else "max_iter"
+              for k, c in zip(kkt, infeasible)]
+    return op64, _Solution(lam, status, sol.n_iter.cpu()), gam
 
 
 def _standardize_batch(name: str, x: torch.Tensor) -> torch.Tensor:

@@ -17,12 +17,19 @@ Fotouhi et al. (arXiv 2412.02893) on a model:
 The result, :class:`MediationResult`, holds both tables of estimates and
 diagnostics, the topics and the outcome, with ``to_dataframe()`` in long
 form (one row per node and estimator) and ``save``/``load``.
+
+Large runs: with ``store=DIR`` the capture pass writes an on-disk
+:class:`~.store.ActivationStore` (resuming an interrupted capture) and the
+estimator reads it a chunk of nodes at a time (:mod:`~.coords`), so the
+activations of all nodes are never in memory together; the result equals
+the in-memory one. ``device="cuda"`` runs the entropy-balancing solves on a
+GPU (re-checked in float64 on the CPU). See ``docs/scale.md``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
@@ -33,6 +40,9 @@ from .mediation import AIETable, aie_many, pair_index
 from .models import adapt
 from .nodes import Node
 from .results import Result
+
+if TYPE_CHECKING:
+    from .store import ActivationStore
 
 __all__ = ["mediate", "MediationResult"]
 
@@ -91,6 +101,24 @@ class MediationResult(Result):
         return pd.concat(frames, ignore_index=True)
 
 
+def _warn_if_degenerate(name: str, table: AIETable, *, share: float = 0.5, pair_ess: float = 1e-3) -> None:
+    """Warn when most nodes' weights are infeasible or their pair weights are concentrated on a few pairs."""
+    import warnings
+
+    n = len(table.value)
+    infeasible = sum(s == "infeasible" for s in table.status)
+    with np.errstate(invalid="ignore"):
+        tiny = int(np.sum(np.nan_to_num(table.pair_ess, nan=0.0) < pair_ess))
+    if n and (infeasible > share * n or tiny > share * n):
+        warnings.warn(
+            f"{name} EB-AIE: {infeasible} of {n} nodes have infeasible balance and {tiny} have pair-weight ESS "
+            f"below {pair_ess:g} of n*K; these nodes' values are not reliable. A node that is close to a "
+            f"deterministic function of the query leaves no overlap to reweight (positivity). Fewer dimensions "
+            f"(d_q, d_n), more prompts, or a coarser query help; see cp.plot.diagnostics and docs/evidence.md.",
+            stacklevel=3,
+        )
+
+
 def _outcome_values(metric, outcome, acts: Activations, m: int) -> tuple[np.ndarray, str]:
     if metric is not None:
         if acts.outcome is None:
@@ -133,7 +161,9 @@ def mediate(
     tokenizer=None,
     progress: bool = True,
     remote=None,
-    activations: Activations | None = None,
+    activations: Activations | ActivationStore | None = None,
+    store=None,
+    device=None,
     **aie_kwargs,
 ) -> MediationResult:
     """Deconfounded EB-AIE of every node, next to the unadjusted estimate.
@@ -158,7 +188,17 @@ def mediate(
             arguments go there too (``variant``, ``estimator``, ``weights``,
             ``features``, ``d_q``, ``d_n``, ``n_boot`` ...).
         activations: a previous :func:`collect` result to reuse (must hold
-            the nodes, and ``outcome``/``embedding`` unless given here).
+            the nodes, and ``outcome``/``embedding`` unless given here): an
+            :class:`~.activations.Activations` in memory, or an
+            :class:`~.store.ActivationStore` read chunk by chunk.
+        store: a directory for an on-disk activation store. With a model,
+            the capture pass writes it (resuming an interrupted capture of
+            the same prompts, nodes and settings); with ``model=None`` an
+            existing store there is read. Either way the estimator streams
+            it: memory grows with ``chunk_size x m x d_n``, not with
+            ``n_nodes x m x d_model``.
+        device: where the entropy-balancing solves run (None: CPU;
+            ``"cuda"``); see :func:`~.mediation.aie_many`.
 
     Returns:
         :class:`MediationResult`.
@@ -169,8 +209,21 @@ def mediate(
         ...               outcome=cp.metrics.logit_diff(" he", " she"), confounder=data.topics)
         >>> res.to_dataframe().head()
     """
-    if model is None and activations is None:
-        raise InputError("mediate needs a model, or activations=... from a previous collect()")
+    from .devices import resolve_device
+    from .store import ActivationStore
+
+    if store is not None and activations is not None:
+        raise InputError("pass either activations=... or store=DIR, not both")
+    if activations is not None and not isinstance(activations, (Activations, ActivationStore)):
+        raise InputError(f"activations must be an Activations (from collect) or an ActivationStore (from "
+                         f"collect(..., store=DIR)); received {describe(activations)}")
+    if store is not None and not isinstance(store, str) and not hasattr(store, "__fspath__"):
+        raise InputError(f"store must be a directory path (str or os.PathLike); received {describe(store)}")
+    if model is None and activations is None and store is None:
+        raise InputError("mediate needs a model, activations=... from a previous collect(), or store=DIR")
+    device = resolve_device(device)
+    if model is None and store is not None:
+        activations = ActivationStore.open(store)
     if model is None:
         nodes = list(activations.nodes if nodes is None else nodes)
         n_layers = activations.meta.get("n_layers", 1)
@@ -189,7 +242,11 @@ def mediate(
         embed_layer = n_layers // 4
     if activations is None:
         activations = collect(adapter, prompts, nodes, batch_size=batch_size, metric=metric,
-                              embed_layer=embed_layer if query is None else None, progress=progress, remote=remote)
+                              embed_layer=embed_layer if query is None else None, progress=progress, remote=remote,
+                              store=store)
+    streamed = isinstance(activations, ActivationStore)
+    if streamed:
+        activations.check_complete("activations" if store is None else "store")
     missing = [n for n in nodes if n not in activations]
     if missing:
         raise InputError(f"activations do not hold {len(missing)} of the nodes, e.g. {missing[0]!r}")
@@ -217,10 +274,13 @@ def mediate(
     pairs = aie_kwargs.pop("pairs", None)
     if pairs is None:
         pairs = pair_index(m, K, seed)
-    values = [activations[n] for n in nodes]
-    common = dict(K=K, gamma=gamma, seed=seed, pairs=pairs, **aie_kwargs)
+    values = activations.select(nodes) if streamed else [activations[n] for n in nodes]
+    common = dict(K=K, gamma=gamma, seed=seed, pairs=pairs, device=device, **aie_kwargs)
     adj = aie_many(q, values, y, confounder, **common) if confounder is not None else None
     unadj = aie_many(q, values, y, None, **common) if (unadjusted or adj is None) else None
+    for name, table in (("adjusted", adj), ("unadjusted", unadj)):
+        if table is not None:
+            _warn_if_degenerate(name, table)
     tokens = _first_prompt_tokens(adapter.tokenizer if model is not None else None, prompts)
     settings = {"K": K, "gamma": gamma if isinstance(gamma, str) else float(gamma), "seed": seed,
                 "n_topics": n_topics if topics is not None else None, "embed_layer": embed_layer,

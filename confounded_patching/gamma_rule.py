@@ -71,7 +71,7 @@ def _prod_gamma(g: torch.Tensor, d_n: int, kx: int, gamma_x: float) -> torch.Ten
 
 
 def select_gamma(q, n, x, gamma_x, pairs, rule: GammaRule, *, squares: bool, tol: float,
-                 max_iter: int, seed: int = 0, lambda_x=None):
+                 max_iter: int, seed: int = 0, lambda_x=None, device=None):
     """Entropy-balancing node models with gamma chosen per node by the ``"auto"`` rule.
 
     Rule: walk the product tolerance down ``gamma_t = gamma_max * ratio^t``
@@ -91,7 +91,8 @@ def select_gamma(q, n, x, gamma_x, pairs, rule: GammaRule, *, squares: bool, tol
     stay stable. Chosen by measurement against planted truth
     (``docs/estimator.md``, ``benchmarks/accuracy.py``).
 
-    ``lambda_x`` (``pi_x``'s dual) warm-starts the top of the path.
+    ``lambda_x`` (``pi_x``'s dual) warm-starts the top of the path;
+    ``device`` is where the solves run (:func:`~.weighting.fit_eb`).
 
     Returns:
         (model, info): the selected :class:`RatioModel` and per-node arrays
@@ -110,7 +111,7 @@ def select_gamma(q, n, x, gamma_x, pairs, rule: GammaRule, *, squares: bool, tol
     if lambda_x is not None:
         init = embed_lambda_x(lambda_x.to(q.dtype), q.shape[1], d_n, kx, squares=squares).expand(B, -1)
     model = fit_eb(q, z, _prod_gamma(gmax, d_n, kx, gamma_x), squares=squares, tol=tol, max_iter=max_iter,
-                   lambda_init=init)
+                   lambda_init=init, device=device)
     ref = pairs.pair_ess(model)
     chosen, pess_sel, lam = model, ref.clone(), model.lam
     steps = torch.zeros(B, dtype=torch.long)
@@ -121,7 +122,7 @@ def select_gamma(q, n, x, gamma_x, pairs, rule: GammaRule, *, squares: bool, tol
             break
         g = gmax[idx] * rule.ratio ** t
         sub = fit_eb(q, z[idx], _prod_gamma(g, d_n, kx, gamma_x), squares=squares, tol=tol,
-                     max_iter=rule.step_max_iter, lambda_init=lam[idx])
+                     max_iter=rule.step_max_iter, lambda_init=lam[idx], device=device)
         conv = torch.tensor([st == "converged" for st in sub.status])
         pess = pairs.pair_ess(sub)
         ok = conv & (g >= floor[idx]) & (pess >= rule.pair_ess_floor * ref[idx])
@@ -137,7 +138,7 @@ def select_gamma(q, n, x, gamma_x, pairs, rule: GammaRule, *, squares: bool, tol
 
 
 def select_gamma_x(q, x, rule: GammaRule, *, squares: bool, tol: float, max_iter: int, seed: int = 0,
-                   n_bisect: int = 6, margin: float = 0.1):
+                   n_bisect: int = 6, margin: float = 0.1, device=None):
     """The confounder model ``pi_x``: the smallest converged gamma above the noise level.
 
     Walks ``gamma_max * ratio^t`` down like :func:`select_gamma` and stops
@@ -152,7 +153,7 @@ def select_gamma_x(q, x, rule: GammaRule, *, squares: bool, tol: float, max_iter
     gmax = gamma_max_products(q, z)
     floor = noise_level(q, x, rule.n_perm, seed) if rule.noise_floor else torch.zeros_like(gmax)
     def fit(g, lam, budget=rule.step_max_iter):
-        return fit_eb(q, z, g, squares=squares, tol=tol, max_iter=budget, lambda_init=lam)
+        return fit_eb(q, z, g, squares=squares, tol=tol, max_iter=budget, lambda_init=lam, device=device)
 
     chosen = fit(gmax, None, max_iter)
     good, bad = gmax, None

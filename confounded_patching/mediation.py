@@ -68,8 +68,10 @@ import torch
 from .errors import InputError, describe
 from .gamma_rule import GammaRule, _prod_gamma, select_gamma, select_gamma_x
 from .pairs import _check_pairs, _Pairs, _stats_hajek, _stats_ht, pair_index
+from .coords import _coords, _matrix, node_source
+from .devices import resolve_device
 from .results import Result
-from .topics import _standardize, confounder_features, pca
+from .topics import _standardize, confounder_features
 from .weighting import fit_eb, fit_gaussian, fit_topic_gaussian, gamma_max_products
 
 __all__ = ["aie", "aie_many", "AIEResult", "AIETable", "pair_index", "select_gamma", "GammaRule"]
@@ -222,25 +224,6 @@ def _choice(name: str, value, options) -> str:
     return value
 
 
-def _matrix(name: str, x, m: int | None = None) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        t = x.detach().to("cpu", torch.float64)
-    else:
-        arr = np.asarray(x)
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise InputError(f"{name} must be a numeric array; received {describe(x)}")
-        t = torch.from_numpy(np.array(arr, dtype=np.float64))
-    if t.ndim == 1:
-        t = t[:, None]
-    if t.ndim != 2:
-        raise InputError(f"{name} must be a 2-d array [prompts, dims]; received {describe(x)}")
-    if m is not None and t.shape[0] != m:
-        raise InputError(f"{name} must have one row per prompt ({m}, the length of outcome); received {describe(x)}")
-    if not torch.isfinite(t).all():
-        raise InputError(f"{name} must be finite; received {describe(x)} with NaN or inf entries")
-    return t
-
-
 def _outcome(y) -> torch.Tensor:
     t = _matrix("outcome", y)
     if t.shape[1] != 1:
@@ -249,29 +232,6 @@ def _outcome(y) -> torch.Tensor:
     if t.shape[0] < 2 or float(t.max() - t.min()) <= 1e-12 * (1 + float(t.abs().max())):
         raise InputError(f"outcome must vary across prompts; received a constant vector of length {t.shape[0]}")
     return t
-
-
-def _node_list(nodes, m: int):
-    """Nodes as a list of [m, d] float64 tensors (an [n_nodes, m, d] array is split lazily)."""
-    if isinstance(nodes, (np.ndarray, torch.Tensor)):
-        if nodes.ndim == 2:
-            nodes = nodes[None]
-        if nodes.ndim != 3:
-            raise InputError(f"nodes must be [n_nodes, prompts, dims] or a list of [prompts, dims]; "
-                             f"received {describe(nodes)}")
-        if nodes.shape[1] != m:
-            raise InputError(f"nodes must have one row per prompt ({m}, the length of outcome) on axis 1; "
-                             f"received {describe(nodes)}")
-        return [nodes[i] for i in range(nodes.shape[0])]
-    if not isinstance(nodes, (list, tuple)) or not nodes:
-        raise InputError(f"nodes must be a non-empty list of [prompts, dims] arrays or an array "
-                         f"[n_nodes, prompts, dims]; received {describe(nodes)}")
-    return list(nodes)
-
-
-def _coords(name: str, x: torch.Tensor, d: int, seed: int) -> torch.Tensor:
-    """PCA to ``d`` components when wider than ``d``, else centred and scaled columns."""
-    return pca(x, d, seed=seed) if x.shape[-1] > d else _standardize(x)
 
 
 def _check_size(m: int, d_q: int, d_z: int):
@@ -289,13 +249,18 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
              d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
              pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", chunk_size: int = 64,
              dtype=torch.float32, tol: float | None = None, max_iter: int = 3000,
-             gamma_rule: GammaRule | None = None) -> AIETable:
+             gamma_rule: GammaRule | None = None, device=None) -> AIETable:
     """AIE of every node, with the EB problems solved batched across nodes.
 
     Args:
         query: query embeddings ``[m, D_q]`` (PCA to ``d_q`` if wider).
-        nodes: activations ``[n_nodes, m, D]`` or a list of ``[m, D_i]``
-            (each PCA'd to ``d_n`` if wider).
+        nodes: activations ``[n_nodes, m, D]``, a list of ``[m, D_i]``
+            (each PCA'd to ``d_n`` if wider), or an
+            :class:`~.store.ActivationStore` (or ``store.select(nodes)``) on
+            disk: then each chunk of nodes is read from the shards and
+            reduced to ``d_n`` components on its own, so the activations are
+            never in memory all at once (:mod:`~.coords`); the result equals
+            that of the same activations in memory.
         outcome: ``[m]`` binary labels or a continuous metric.
         confounder: topic labels ``[m]`` (str/int), covariates ``[m, k]``, or
             ``None`` for the unadjusted estimator.
@@ -328,6 +293,12 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         chunk_size: nodes solved together; bounds memory at about
             ``chunk_size * m * K * 8`` bytes per temporary.
         dtype: solver precision (float32 default here; AIE sums are float64).
+        device: where the entropy-balancing solves run: None or ``"cpu"``
+            (default), ``"cuda"``, ``"cuda:N"``; a GPU torch does not see is an
+            :class:`InputError`. Off the CPU every solution is re-checked in
+            float64 on the CPU and its status set from that check
+            (:class:`~.balancing.EntropyBalancer` ``verify``); PCA, pairs and
+            statistics stay on the CPU.
         tol: KKT tolerance of the solver, in correlation units (default ``1e-4``;
             the sampling noise of a correlation at m = 1000 is about 0.03).
         gamma_rule: knobs of the ``"auto"`` rule.
@@ -358,16 +329,20 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         raise InputError(f"n_boot must be an int >= 0; received {describe(n_boot)}")
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be a positive int; received {describe(chunk_size)}")
+    for name, v in (("d_q", d_q), ("d_n", d_n)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise InputError(f"{name} must be a positive int; received {describe(v)}")
+    device = resolve_device(device)
 
     y = _outcome(outcome)
     m = y.shape[0]
     qraw = _matrix("query", query, m)
-    node_list = _node_list(nodes, m)
+    source = node_source(nodes, m)
     x_np, _ = confounder_features(confounder, m, kind=confounder_kind)
     adjusted = x_np is not None
     kx = 0 if x_np is None else x_np.shape[1]
     dq_eff = min(d_q, qraw.shape[1])
-    _check_size(m, dq_eff, min(d_n, max(_width(a) for a in node_list)) + kx)
+    _check_size(m, dq_eff, min(d_n, max(source.widths)) + kx)
     rule = gamma_rule or GammaRule()
     tol = tol if tol is not None else 1e-4
     squares = features == "squares"
@@ -388,7 +363,7 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
     diag_x = (float("nan"), float("nan"), float("nan"), "none")
     if adjusted:
         xmodel, log_f_q = _fit_x(q, x, confounder, confounder_kind, weights, gamma_x, rule, squares, tol, max_iter,
-                                 seed)
+                                 seed, device)
         log_pi_x = xmodel.log_pi[0].to(torch.float64)
         dx_all = xmodel.log_ratio(q64, J).double()[0]
         gx = float(xmodel.gamma[0])
@@ -402,9 +377,8 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
 
     keys = ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "pair_ess", "gamma_max", "gamma_noise")
     out = {k: [] for k in keys + ("status",)}
-    for chunk in _chunks(node_list, chunk_size):
-        acts = torch.stack([_matrix(f"nodes[{i}]", node_list[i], m) for i in chunk])
-        n64 = _coords("nodes", acts, d_n, seed)
+    for chunk in _chunks(source.widths, chunk_size):
+        n64 = source.coords(chunk, d_n, seed)
         n = n64.to(dtype)
         B = len(chunk)
         z = torch.cat([n, x.expand(B, -1, -1)], -1) if adjusted else n
@@ -414,11 +388,11 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
             model = fit_gaussian(q, z, log_f_q=None if log_f_q is None else log_f_q.to(dtype), squares=squares)
         elif gamma == "auto":
             model, info = select_gamma(q, n, x, gx, all_pairs, rule, squares=squares, tol=tol, max_iter=max_iter,
-                                       seed=seed, lambda_x=lam_x)
+                                       seed=seed, lambda_x=lam_x, device=device)
             noise = info["gamma_noise"]
         else:
             g = _prod_gamma(torch.full((B,), float(gamma), dtype=dtype), n.shape[2], kx, gx)
-            model = fit_eb(q, z, g, squares=squares, tol=tol, max_iter=max_iter)
+            model = fit_eb(q, z, g, squares=squares, tol=tol, max_iter=max_iter, device=device)
         pess = all_pairs.pair_ess(model)
         if estimator == "hajek":
             logW, share = all_pairs.hajek_totals(model, winsorize)
@@ -459,14 +433,15 @@ def aie(query, node, outcome, confounder=None, *, K: int = 200, gamma="auto", ga
         variant: str = "eq2", estimator: str = "hajek", weights: str = "eb", features: str = "squares",
         d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
         pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", dtype=torch.float64,
-        tol: float | None = None, max_iter: int = 3000, gamma_rule: GammaRule | None = None) -> AIEResult:
+        tol: float | None = None, max_iter: int = 3000, gamma_rule: GammaRule | None = None,
+        device=None) -> AIEResult:
     """AIE of one node (:func:`aie_many` on ``[node]``, solved in float64 by default).
 
     Args:
         query: query embeddings ``[m, D_q]``; node: the node's activations
             ``[m, D_n]``; outcome: ``[m]``; confounder: topic labels ``[m]``,
             covariates ``[m, k]`` or ``None`` (unadjusted). The other
-            arguments are those of :func:`aie_many`.
+            arguments, ``device`` included, are those of :func:`aie_many`.
 
     Returns:
         :class:`AIEResult`.
@@ -483,23 +458,18 @@ def aie(query, node, outcome, confounder=None, *, K: int = 200, gamma="auto", ga
                      estimator=estimator, weights=weights, features=features, d_q=d_q, d_n=d_n,
                      winsorize=winsorize, n_boot=n_boot, ci=ci, pairs=pairs, seed=seed,
                      confounder_kind=confounder_kind, calibrate=calibrate, dtype=dtype, tol=tol,
-                     max_iter=max_iter, gamma_rule=gamma_rule)
+                     max_iter=max_iter, gamma_rule=gamma_rule, device=device)
     return table[0]
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _width(a) -> int:
-    shape = getattr(a, "shape", None) or np.shape(a)
-    return 1 if len(shape) == 1 else int(shape[-1])
-
-
-def _chunks(node_list, size):
+def _chunks(widths, size):
     """Consecutive runs of at most ``size`` nodes with equal width (so they stack)."""
     run = []
-    for i, a in enumerate(node_list):
-        if run and (len(run) == size or _width(node_list[run[0]]) != _width(a)):
+    for i, w in enumerate(widths):
+        if run and (len(run) == size or widths[run[0]] != w):
             yield run
             run = []
         run.append(i)
@@ -516,7 +486,7 @@ def _additive_features(q64, n64, x):
     return _standardize(torch.cat(parts, -1))
 
 
-def _fit_x(q, x, confounder, kind, weights, gamma_x, rule, squares, tol, max_iter, seed):
+def _fit_x(q, x, confounder, kind, weights, gamma_x, rule, squares, tol, max_iter, seed, device=None):
     """The confounder's ratio model ``pi_x`` (B = 1) and, for parametric weights, ``log f(q_i)``."""
     if weights == "parametric":
         if _is_labels(confounder, kind):
@@ -524,10 +494,10 @@ def _fit_x(q, x, confounder, kind, weights, gamma_x, rule, squares, tol, max_ite
             return fit_topic_gaussian(q, codes, x, squares=squares)
         return fit_gaussian(q, x.unsqueeze(0), squares=squares), None
     if gamma_x == "auto":
-        model, _ = select_gamma_x(q, x, rule, squares=squares, tol=tol, max_iter=max_iter, seed=seed)
+        model, _ = select_gamma_x(q, x, rule, squares=squares, tol=tol, max_iter=max_iter, seed=seed, device=device)
     else:
         model = fit_eb(q, x.unsqueeze(0), torch.tensor([float(gamma_x)], dtype=q.dtype), squares=squares, tol=tol,
-                       max_iter=max_iter)
+                       max_iter=max_iter, device=device)
     return model, None
 
 

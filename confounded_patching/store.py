@@ -8,28 +8,47 @@ Layout of a store directory::
 
 Each shard is written to a temporary name and renamed when complete, so a
 shard that exists is whole. ``collect(..., store=DIR)`` skips the shards
-already present: an interrupted run resumes where it stopped. Nothing is
-pickled; reading a store executes no code.
+already present: an interrupted run resumes where it stopped (with the same
+prompts, nodes, batching, metric and embedding layer; anything else is
+refused). Nothing is pickled; reading a store executes no code.
+
+A store is read without loading it whole: ``store.select(nodes)`` is a view
+of some nodes, ``iter_chunks`` reads only the named nodes' tensors from each
+shard (safetensors reads single keys), and ``outcome``, ``embedding`` and
+``lengths`` read only those per-prompt columns. ``cp.mediate(..., store=DIR)``
+and ``aie_many(query, store, ...)`` work this way, a chunk of nodes at a time
+(:mod:`~.coords`).
+
+Example::
+
+    >>> store = collect(model, prompts, nodes, metric=metric, embed_layer=7, store="/data/run1")
+    >>> store = ActivationStore.open("/data/run1")          # later, in another process
+    >>> len(store), store.outcome.shape, store.widths()[:2]
+    (1000, torch.Size([1000]), [576, 64])
+    >>> sub = store.select(store.nodes[:10])                # a view: nothing is read
+    >>> acts = sub.load()                                   # in memory, 10 nodes
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-from .errors import InputError
-from .nodes import Node, node_from_dict
+from .errors import InputError, describe
+from .nodes import Node, _NodeBase, node_from_dict
 from .results import atomic_write
 
 __all__ = ["ActivationStore"]
 
 _FORMAT = "confounded_patching.store/1"
+# capture settings a resumed run must share with the shards already written
+_RESUME_KEYS = ("family", "n_layers", "d_model", "padding_side", "embed_layer", "metric")
 
 
 def _fingerprint(id_lists, nodes, groups) -> str:
@@ -46,18 +65,119 @@ def _fingerprint(id_lists, nodes, groups) -> str:
 
 @dataclass
 class ActivationStore:
-    """A directory of activation shards. Read it whole (:meth:`load`) or chunk by chunk (:meth:`iter_chunks`)."""
+    """A directory of activation shards. Read it whole (:meth:`load`) or chunk by chunk (:meth:`iter_chunks`).
+
+    Attributes:
+        path: the store directory.
+        manifest: its ``manifest.json``.
+        selected: the nodes this object reads (a view made by :meth:`select`);
+            ``None`` for every stored node.
+    """
 
     path: Path
-    manifest: dict
+    manifest: dict = field(repr=False)
+    selected: list | None = field(default=None, repr=False)
 
     @property
     def nodes(self) -> list[Node]:
+        """The nodes this object reads (all stored nodes unless :meth:`select` made a view)."""
+        if self.selected is not None:
+            return list(self.selected)
+        return self.stored_nodes
+
+    @property
+    def stored_nodes(self) -> list[Node]:
         return [node_from_dict(d) for d in self.manifest["nodes"]]
 
     @property
     def n_prompts(self) -> int:
         return int(self.manifest["n_prompts"])
+
+    @property
+    def n_shards(self) -> int:
+        return int(self.manifest["n_shards"])
+
+    @property
+    def meta(self) -> dict:
+        """Model sizes and collection settings (as :attr:`Activations.meta <.activations.Activations.meta>`)."""
+        return self.manifest.get("meta", {})
+
+    @property
+    def prompts(self) -> list | None:
+        return self.manifest.get("prompts")
+
+    def __len__(self) -> int:
+        return self.n_prompts
+
+    def __contains__(self, node) -> bool:
+        if "_stored_set" not in self.__dict__:
+            self.__dict__["_stored_set"] = frozenset(self.stored_nodes)
+        return isinstance(node, _NodeBase) and node in self.__dict__["_stored_set"]
+
+    @property
+    def shards_done(self) -> int:
+        return sum(self._shard(i).exists() for i in range(self.n_shards))
+
+    def check_complete(self, argument: str = "store") -> None:
+        """Raise :class:`InputError` naming the missing shards unless every shard is written."""
+        done = self.shards_done
+        if done < self.n_shards:
+            raise InputError(f"{argument} at {self.path} is incomplete: {done} of {self.n_shards} shards are written; "
+                             "run collect(..., store=DIR) (or mediate with the model and store=DIR) again to resume")
+
+    def select(self, nodes: Sequence[Node]) -> "ActivationStore":
+        """A view of the store that reads only ``nodes`` (in this order); nothing is read now."""
+        if isinstance(nodes, (str, bytes, _NodeBase)) or not isinstance(nodes, Sequence) or not len(nodes):
+            raise InputError(f"nodes must be a non-empty list of stored nodes; received {describe(nodes)}")
+        nodes = list(nodes)
+        missing = [n for n in nodes if n not in self]
+        if missing:
+            raise InputError(f"the store at {self.path} does not hold {len(missing)} of the {len(nodes)} nodes, "
+                             f"e.g. {missing[0]!r}; it holds {len(self.manifest['nodes'])} nodes, e.g. "
+                             f"{self.stored_nodes[0]!r}")
+        return ActivationStore(self.path, self.manifest, nodes)
+
+    def widths(self, nodes: Sequence[Node] | None = None) -> list[int]:
+        """Each node's activation width ``d`` (read from the first shard's header; no tensor is loaded)."""
+        from safetensors import safe_open
+
+        nodes = self.nodes if nodes is None else list(nodes)
+        with safe_open(str(self._existing_shard(0)), framework="pt") as f:
+            return [int(f.get_slice(n.label).get_shape()[-1]) for n in nodes]
+
+    @property
+    def outcome(self) -> torch.Tensor | None:
+        """The metric per prompt ``[n_prompts]`` in prompt order, or None (read from the shards now)."""
+        return self.read_column("outcome")
+
+    @property
+    def embedding(self) -> torch.Tensor | None:
+        """The query embedding per prompt ``[n_prompts, d_model]``, or None (read from the shards now)."""
+        return self.read_column("embedding")
+
+    @property
+    def lengths(self) -> torch.Tensor | None:
+        return self.read_column("lengths")
+
+    def read_column(self, name: str) -> torch.Tensor | None:
+        """A per-prompt extra (``outcome``, ``embedding``, ``lengths``) in prompt order; None if not stored."""
+        from safetensors import safe_open
+
+        key = f"__{name}__"
+        parts, order = [], []
+        for i in range(self.n_shards):
+            with safe_open(str(self._existing_shard(i)), framework="pt") as f:
+                if key not in f.keys():
+                    return None
+                order.append(f.get_tensor("__index__"))
+                parts.append(f.get_tensor(key))
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+    def _existing_shard(self, i: int) -> Path:
+        shard = self._shard(i)
+        if not shard.exists():
+            raise InputError(f"{self.path} is incomplete: {shard.name} is missing; run collect again to resume")
+        return shard
 
     @property
     def complete(self) -> bool:
@@ -95,6 +215,11 @@ class ActivationStore:
                 raise InputError(
                     f"{path} holds a store for other prompts, nodes or batching; use a new directory or delete it"
                 )
+            old_meta = old.get("meta", {})
+            for key in _RESUME_KEYS:
+                if key in old_meta and old_meta.get(key) != meta.get(key):
+                    raise InputError(f"{path} was collected with {key}={old_meta.get(key)!r}; this call has "
+                                     f"{key}={meta.get(key)!r}. Use a new directory or delete it")
         manifest = {"format": _FORMAT, "fingerprint": fingerprint, "nodes": [n.to_dict() for n in nodes],
                     "n_prompts": len(id_lists), "n_shards": len(groups), "meta": meta, "prompts": prompts}
         atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
@@ -115,10 +240,7 @@ class ActivationStore:
 
         nodes = self.nodes if nodes is None else list(nodes)
         for i in range(self.manifest["n_shards"]):
-            shard = self._shard(i)
-            if not shard.exists():
-                raise InputError(f"{self.path} is incomplete: {shard.name} is missing; run collect again to resume")
-            with safe_open(str(shard), framework="pt") as f:
+            with safe_open(str(self._existing_shard(i)), framework="pt") as f:
                 yield f.get_tensor("__index__"), {n: f.get_tensor(n.label) for n in nodes}
 
     def load(self, nodes: Sequence[Node] | None = None):
@@ -130,7 +252,7 @@ class ActivationStore:
         nodes = self.nodes if nodes is None else list(nodes)
         parts, extras, order = [], {}, []
         for i in range(self.manifest["n_shards"]):
-            with safe_open(str(self._shard(i)), framework="pt") as f:
+            with safe_open(str(self._existing_shard(i)), framework="pt") as f:
                 order.append(f.get_tensor("__index__"))
                 parts.append([f.get_tensor(n.label) for n in nodes])
                 for key in f.keys():

@@ -30,7 +30,7 @@ import torch
 
 from .errors import InputError, describe
 
-__all__ = ["pca", "standardize", "kmeans_topics", "one_hot", "confounder_features"]
+__all__ = ["pca", "randomized_svd", "standardize", "kmeans_topics", "one_hot", "confounder_features"]
 
 
 def _float_tensor(name: str, x, ndims, dtype=torch.float64) -> torch.Tensor:
@@ -139,19 +139,34 @@ def _pca_exact(t: torch.Tensor, d: int) -> torch.Tensor:
 
 def _pca_randomized(t: torch.Tensor, d: int, seed: int, n_iter: int) -> torch.Tensor:
     B, m, D = t.shape
-    gen = torch.Generator(device=t.device).manual_seed(int(seed))
+    U, S, V = randomized_svd(lambda W: t @ W, lambda Y: t.transpose(-1, -2) @ Y, D, d, seed=seed, n_iter=n_iter,
+                             dtype=t.dtype, device=t.device, project=lambda Q: Q.transpose(-1, -2) @ t)
+    return _fix_signs(U * S[..., None, :], V)
+
+
+def randomized_svd(matmul, rmatmul, D: int, d: int, *, seed: int, n_iter: int, dtype, device=None, project=None):
+    """Top-``d`` SVD of a batch of ``[m, D]`` matrices ``t`` seen only through products (Halko et al. 2011).
+
+    ``matmul(W)`` must return ``t @ W`` (``W`` ``[D, k]`` or ``[B, D, k]``, result
+    ``[B, m, k]``) and ``rmatmul(Y)`` ``t^T @ Y`` (``[B, D, k]``), so ``t`` may live
+    in memory or be streamed from disk. The test matrix is drawn from a local
+    generator seeded with ``seed`` and shared by the whole batch. ``project(Q)``
+    (``Q^T @ t``, ``[B, k, D]``) defaults to ``rmatmul(Q)`` transposed. Returns
+    ``(U [B, m, d], S [B, d], V [B, D, d])``; signs are not fixed.
+    """
+    gen = torch.Generator(device=device).manual_seed(int(seed))
     k = min(d + 10, D)
-    omega = torch.randn(D, k, generator=gen, dtype=t.dtype, device=t.device)
-    Y = t @ omega
+    omega = torch.randn(D, k, generator=gen, dtype=dtype, device=device)
+    Y = matmul(omega)
     for _ in range(n_iter):
         Y, _ = torch.linalg.qr(Y)
-        Y, _ = torch.linalg.qr(t.transpose(-1, -2) @ Y)
-        Y = t @ Y
+        Y, _ = torch.linalg.qr(rmatmul(Y))
+        Y = matmul(Y)
     Qm, _ = torch.linalg.qr(Y)  # [B, m, k]
-    small = Qm.transpose(-1, -2) @ t  # [B, k, D]
+    small = project(Qm) if project is not None else rmatmul(Qm).transpose(-1, -2)  # Qm^T t: [B, k, D]
     Us, S, Vh = torch.linalg.svd(small, full_matrices=False)
     U = Qm @ Us
-    return _fix_signs(U[..., :d] * S[..., None, :d], Vh[..., :d, :].transpose(-1, -2))
+    return U[..., :d], S[..., :d], Vh[..., :d, :].transpose(-1, -2)
 
 
 def kmeans_topics(x, k: int = 3, *, seed: int = 0, d: int | None = 25, n_init: int = 5):

@@ -115,7 +115,7 @@ def _squares(q: torch.Tensor) -> torch.Tensor:
     return s - s.mean(0, keepdim=True)
 
 
-def fit_eb(q, z, gamma, *, squares=True, gamma_marginal=0.0, tol=1e-6, max_iter=3000, lambda_init=None):
+def fit_eb(q, z, gamma, *, squares=True, gamma_marginal=0.0, tol=1e-6, max_iter=3000, lambda_init=None, device=None):
     """Entropy-balancing ratio models for ``B`` problems sharing ``q``.
 
     Args:
@@ -126,6 +126,10 @@ def fit_eb(q, z, gamma, *, squares=True, gamma_marginal=0.0, tol=1e-6, max_iter=
         squares: include ``q^2 - mean(q^2)`` in the features.
         gamma_marginal: tolerance on ``q``, ``q^2`` and ``z``.
         lambda_init: warm start ``[B, p]``.
+        device: where the solver runs (default: ``q``'s device). Off the
+            CPU the solution is re-checked in float64 on the CPU
+            (``EntropyBalancer(verify="auto")``); the model is returned on
+            ``q``'s device and in its dtype either way.
     """
     B, m, dz = z.shape
     dq = q.shape[1]
@@ -134,7 +138,7 @@ def fit_eb(q, z, gamma, *, squares=True, gamma_marginal=0.0, tol=1e-6, max_iter=
     lay = feature_layout(dq, dz, squares=squares)
     gam = torch.full((B, lay["qz"].stop), float(gamma_marginal), dtype=q.dtype, device=q.device)
     gam[:, lay["qz"]] = per_z[:, None, :].expand(B, dq, dz).reshape(B, dq * dz)
-    eb = EntropyBalancer(gam, tol=tol, max_iter=max_iter, dtype=q.dtype, device=q.device)
+    eb = EntropyBalancer(gam, tol=tol, max_iter=max_iter, dtype=q.dtype, device=q.device if device is None else device)
     eb.fit_factored(q, z, squares=squares, standardize=False, lambda_init=lambda_init)
     return _from_lambda(q, z, eb.lambda_, squares, eb, per_z[:, 0] if gamma.ndim == 2 else gamma)
 
@@ -160,15 +164,17 @@ def embed_lambda_x(lam_x: torch.Tensor, d_q: int, d_n: int, kx: int, *, squares:
 def _from_lambda(q, z, lam, squares, eb, gamma):
     B, m, dz = z.shape
     dq = q.shape[1]
+    back = lambda t: torch.as_tensor(t).to(q.device, q.dtype)  # noqa: E731  (from the solver's device / dtype)
+    lam = back(lam)
     lay = feature_layout(dq, dz, squares=squares)
     a = lam[:, lay["q"]] @ q.T
     if squares:
         a = a + lam[:, lay["q2"]] @ _squares(q).T
     Lam = lam[:, lay["qz"]].reshape(B, dq, dz)
     U = torch.bmm(z, Lam.transpose(1, 2))  # U_i = Lam z_i
-    w = eb.weights_
+    w = back(eb.weights_)
     log_pi = torch.log(w.clamp_min(1e-300)) + math.log(m)
-    return RatioModel(a, U, log_pi, list(eb.status_), gamma.clone(), eb.ess_, eb.imbalance_,
+    return RatioModel(a, U, log_pi, list(eb.status_), gamma.clone(), back(eb.ess_), back(eb.imbalance_),
                       torch.as_tensor(eb.n_iter_), lam)
 
 

@@ -328,3 +328,40 @@ def test_calibration_survives_log_weights_spread_beyond_float_range():
     H = torch.randn(2, m, 3, generator=g, dtype=torch.float64)
     out = _calibrate(logW, torch.ones(m, dtype=torch.float64), H)
     assert out.shape == logW.shape and torch.isfinite(out).all()
+
+
+# ----------------------------------------------------------------------------- device=
+
+
+def test_device_cpu_gives_the_default_table(sem, sem_table):
+    on_cpu = aie_many(sem.query, sem.nodes, sem.outcome, sem.topics, device="cpu", **FAST)
+    np.testing.assert_array_equal(on_cpu.value, sem_table.value)
+    assert on_cpu.status == sem_table.status
+
+
+def test_solves_rechecked_in_float64_feed_the_estimator_unchanged(sem, sem_table, monkeypatch):
+    """What a GPU solve goes through (float64 CPU re-check, results cast back), without a GPU."""
+    import confounded_patching.balancing as bal
+
+    monkeypatch.setattr(bal, "_verify_wanted", lambda verify, device: True)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
+    checked = aie_many(sem.query, sem.nodes, sem.outcome, sem.topics, **FAST)
+    assert checked.status == sem_table.status and checked.status_x == sem_table.status_x
+    np.testing.assert_allclose(checked.value, sem_table.value, rtol=1e-4, atol=1e-6)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision()) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+def test_cuda_without_a_gpu_is_rejected_before_any_work(sem):
+    for fn, node in ((aie_many, sem.nodes), (aie, sem.nodes[0])):
+        with pytest.raises(InputError, match=r"device='cuda' asks for a CUDA GPU, but torch.cuda.is_available\(\)"):
+            fn(sem.query, node, sem.outcome, sem.topics, device="cuda", **FAST)
+    with pytest.raises(InputError, match=r"device must be None \(CPU\), 'cpu', 'cuda'.*; received 'gpu'"):
+        aie(sem.query, sem.nodes[0], sem.outcome, device="gpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_solves_agree_with_the_cpu(sem, sem_table):
+    gpu = _quiet(aie_many, sem.query, sem.nodes, sem.outcome, sem.topics, device="cuda", **FAST)
+    assert gpu.status == sem_table.status
+    np.testing.assert_allclose(gpu.value, sem_table.value, rtol=1e-3, atol=1e-3)

@@ -317,3 +317,104 @@ def test_constant_covariate_is_rejected_by_balance_features():
     z[:, 1] = 3.0
     with pytest.raises(InputError, match=r"z must have non-constant columns; received constant column\(s\) \[1\]"):
         balance_features(q, z)
+
+
+# ----------------------------------------------------------------------------- devices and the float64 re-check
+
+_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _batch(m=500, d_q=4, B=3, seed=6):
+    q, _ = _design(m=m, d_q=d_q)
+    rng = np.random.default_rng(seed)
+    zs = np.stack([0.3 * q @ rng.normal(size=(d_q, 5)) + rng.normal(size=(m, 5)) for _ in range(B)])
+    return torch.tensor(q), torch.tensor(zs), torch.tensor(block_gamma(d_q, 5, product=0.08))
+
+
+def test_verify_rechecks_a_float32_solve_in_float64_on_the_cpu():
+    q, zs, gam = _batch()
+    f32 = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=True).fit_factored(q, zs)
+    f64 = EntropyBalancer(gamma=gam, tol=1e-4).fit_factored(q, zs)
+    assert f32.verified_ and not f64.verified_
+    assert f32.weights_.dtype == f32.kkt_.dtype == torch.float64 and f32.weights_.device.type == "cpu"
+    assert f32.status_ == f64.status_ == ["converged"] * 3
+    assert float(f32.kkt_.max()) <= 1e-4 and float(f32.violation_.max()) <= 1e-4
+    np.testing.assert_allclose(f32.weights_.numpy(), f64.weights_.numpy(), rtol=1e-3)
+
+
+def test_verify_downgrades_a_solve_whose_float64_kkt_conditions_fail(monkeypatch):
+    import confounded_patching.balancing as bal
+
+    def sloppy(op, gamma, lam, *, max_iter, tol, check_every=10):  # claims convergence at its starting point
+        return bal._Solution(lam.clone(), ["converged"] * lam.shape[0], torch.ones(lam.shape[0], dtype=torch.long))
+
+    monkeypatch.setattr(bal, "_fista", sloppy)
+    q, zs, gam = _batch()
+    trusted = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=False).fit_factored(q, zs)
+    checked = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=True).fit_factored(q, zs)
+    assert trusted.status_ == ["converged"] * 3  # what the solver said
+    assert checked.status_ == ["max_iter"] * 3 and checked.converged_ == [False] * 3
+    assert bool((checked.kkt_ > 1e-4).all())
+
+
+def test_verify_keeps_an_infeasible_status_when_the_float64_certificate_holds():
+    G = balance_features(*_design())
+    G_bad = np.c_[G, G[:, 0] + 0.5, -G[:, 0] + 0.5]
+    eb = EntropyBalancer(gamma=0.1, dtype=torch.float32, tol=1e-5, verify=True).fit(G_bad)
+    assert eb.verified_ and eb.status_ == "infeasible"
+
+
+def test_verify_auto_rechecks_only_off_the_cpu():
+    from confounded_patching.balancing import _verify_wanted
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not _verify_wanted("auto", cpu) and _verify_wanted("auto", cuda)
+    assert _verify_wanted(True, cpu) and not _verify_wanted(False, cuda)
+    assert EntropyBalancer(gamma=0.1).fit(balance_features(*_design())).verified_ is False
+
+
+def test_device_cpu_is_the_default():
+    q, zs, gam = _batch(B=2)
+    base = EntropyBalancer(gamma=gam, tol=1e-8).fit_factored(q, zs)
+    for device in ("cpu", torch.device("cpu")):
+        eb = EntropyBalancer(gamma=gam, tol=1e-8, device=device).fit_factored(q, zs)
+        assert torch.equal(eb.weights_, base.weights_) and eb.status_ == base.status_
+
+
+@_NO_CUDA
+def test_cuda_requested_without_a_gpu_is_a_clear_error():
+    with pytest.raises(InputError, match=r"device='cuda' asks for a CUDA GPU, but torch.cuda.is_available\(\) is "
+                                         r"False .*use device='cpu'"):
+        EntropyBalancer(gamma=0.1, device="cuda").fit(balance_features(*_design()))
+
+
+def test_unknown_device_verify_and_dtype_name_the_options():
+    G = balance_features(*_design())
+    for bad in ("tpu", 3, "cuda:x"):
+        with pytest.raises(InputError, match=r"device must be None \(CPU\), 'cpu', 'cuda', 'cuda:N', 'mps' or a "
+                                             r"torch.device; received"):
+            EntropyBalancer(device=bad).fit(G)
+    with pytest.raises(InputError, match=r"verify must be 'auto', True or False; received 'yes'"):
+        EntropyBalancer(verify="yes").fit(G)
+    with pytest.raises(InputError, match=r"dtype must be a torch floating dtype .*; received torch.int64"):
+        EntropyBalancer(dtype=torch.int64).fit(G)
+
+
+def test_global_tf32_and_matmul_precision_settings_are_left_alone():
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+              torch.get_float32_matmul_precision())
+    q, zs, gam = _batch(B=2)
+    EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=True, device="cpu").fit_factored(q, zs)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision()) == before
+
+
+@_CUDA
+def test_cuda_solve_is_rechecked_in_float64_and_matches_the_cpu():
+    q, zs, gam = _batch()
+    cpu = EntropyBalancer(gamma=gam, tol=1e-4).fit_factored(q, zs)
+    gpu = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, device="cuda").fit_factored(q, zs)
+    assert gpu.verified_ and gpu.weights_.device.type == "cpu" and gpu.weights_.dtype == torch.float64
+    assert gpu.status_ == cpu.status_ == ["converged"] * 3
+    np.testing.assert_allclose(gpu.weights_.numpy(), cpu.weights_.numpy(), rtol=1e-3)

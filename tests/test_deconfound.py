@@ -59,3 +59,28 @@ def test_mediate_bad_input(setup):
         cp.mediate(model, prompts, nodes, np.zeros(5), progress=False)
     with pytest.raises(cp.InputError, match="confounder must be 'kmeans'"):
         cp.mediate(model, prompts, nodes, cp.metrics.logit("w3"), confounder="topics", progress=False)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error raised without a GPU")
+def test_mediate_asking_for_cuda_without_a_gpu_fails_before_the_capture(setup):
+    model, prompts, nodes = setup
+    with pytest.raises(cp.InputError, match=r"device='cuda' asks for a CUDA GPU"):
+        cp.mediate(model, prompts, nodes, cp.metrics.logit("w3"), device="cuda", progress=False)
+
+
+def test_degenerate_weights_warn_and_healthy_ones_do_not():
+    import warnings
+    from types import SimpleNamespace
+
+    from confounded_patching.deconfound import _warn_if_degenerate
+
+    bad = SimpleNamespace(value=np.zeros(4), status=["infeasible"] * 3 + ["converged"], pair_ess=np.full(4, 0.2))
+    with pytest.warns(UserWarning, match="3 of 4 nodes have infeasible balance"):
+        _warn_if_degenerate("adjusted", bad)
+    thin = SimpleNamespace(value=np.zeros(4), status=["converged"] * 4, pair_ess=np.array([1e-5, 1e-5, 1e-4, 0.5]))
+    with pytest.warns(UserWarning, match="3 have pair-weight ESS"):
+        _warn_if_degenerate("unadjusted", thin)
+    ok = SimpleNamespace(value=np.zeros(4), status=["converged"] * 3 + ["infeasible"], pair_ess=np.full(4, 0.01))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_degenerate("adjusted", ok)
