@@ -3,7 +3,8 @@
 For each prompt count ``m`` (``--sizes``), three fresh subprocesses, so each
 peak resident memory (``getrusage(RUSAGE_SELF).ru_maxrss``) is its own:
 
-1. capture: ``cp.collect(..., store=DIR)`` of the professions prompts (outcome
+1. capture: ``cp.collect(..., store=DIR)`` of the professions prompts (beyond
+   their 2,160, again after lead-in phrases such as "Yesterday, "; outcome
    logit(" he") − logit(" she"), query embedding at layer 7) into
    ``{--root}/m{m}``; a complete store is reused, an interrupted one resumes;
 2. store: ``cp.mediate(None, None, nodes, metric, store=DIR)`` — the EB
@@ -57,6 +58,24 @@ def _nodes(n_layers: int, n_heads: int, stride: int, kinds: list[str], n_pos: in
     return out
 
 
+LEADS = ["", "Yesterday, ", "In the story, ", "Later that day, ", "At the meeting, ", "After lunch, ",
+         "In the morning, ", "On the radio, ", "During the trip, ", "At the hospital, ", "In the village, "]
+
+
+def prompt_set(cp, m: int, tokenizer):
+    """m distinct prompts with topics: the professions set, then again after lead-in phrases (11 x 2,160)."""
+    data = cp.datasets.professions(n=None, tokenizer=tokenizer)
+    if m <= len(data):
+        data = cp.datasets.professions(n=m, tokenizer=tokenizer)
+        return list(data.prompts), list(data.topics)
+    base = list(zip(data.prompts, data.topics))
+    rows = list(dict(((lead + (p[0].lower() + p[1:] if lead else p)), t) for lead in LEADS for p, t in base).items())
+    if m > len(rows):
+        raise SystemExit(f"at most {len(rows)} distinct prompts; asked for {m}")
+    order = __import__("numpy").random.default_rng(0).permutation(len(rows))[:m]
+    return [rows[i][0] for i in order], [rows[i][1] for i in order]
+
+
 def capture(args, m: int, store_dir: Path) -> dict:
     import confounded_patching as cp
 
@@ -65,14 +84,14 @@ def capture(args, m: int, store_dir: Path) -> dict:
     base = _rss_mb()  # before the model: the capture row's "above base" includes the model's weights
     model = cp.models.smollm2()
 
-    data = cp.datasets.professions(n=m, tokenizer=model.tokenizer)
-    shortest = min(len(ids) for ids in as_id_lists(list(data.prompts), model.tokenizer))
+    prompts, topics = prompt_set(cp, m, model.tokenizer)
+    shortest = min(len(ids) for ids in as_id_lists(prompts, model.tokenizer))
     nodes = _nodes(30, 9, args.layer_stride, args.kinds, n_pos=min(8, shortest))
     t0 = time.perf_counter()
-    store = cp.collect(model, list(data.prompts), nodes, metric=data.metric, embed_layer=7,
+    store = cp.collect(model, prompts, nodes, metric=cp.metrics.logit_diff(" he", " she"), embed_layer=7,
                        batch_size=args.batch_size, store=store_dir, progress=False)
     seconds = time.perf_counter() - t0
-    (store_dir / "topics.json").write_text(json.dumps([str(t) for t in data.topics]))
+    (store_dir / "topics.json").write_text(json.dumps([str(t) for t in topics]))
     widths = store.widths()
     return {"seconds": seconds, "peak_mb": _rss_mb(), "base_mb": base, "n_nodes": len(nodes),
             "data_mb": m * sum(widths) * 4 / 2**20}
