@@ -365,7 +365,8 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         xmodel, log_f_q = _fit_x(q, x, confounder, confounder_kind, weights, gamma_x, rule, squares, tol, max_iter,
                                  seed, device)
         log_pi_x = xmodel.log_pi[0].to(torch.float64)
-        dx_all = xmodel.log_ratio(q64, J).double()[0]
+        block = max(1, _Pairs.BLOCK_FLOATS // (J.shape[1] * q64.shape[1]))  # bounded temporaries for large m
+        dx_all = torch.cat([xmodel.log_ratio(q64, J, r).double()[0] for r in torch.arange(m).split(block)])
         gx = float(xmodel.gamma[0])
         lam_x = xmodel.lam[0] if getattr(xmodel, "lam", None) is not None else None
         diag_x = (gx, float(xmodel.ess[0]), float(xmodel.imbalance[0]), xmodel.status[0])
@@ -396,8 +397,12 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         pess = all_pairs.pair_ess(model)
         if estimator == "hajek":
             logW, share = all_pairs.hajek_totals(model, winsorize)
-            calib = _additive_features(q64, n64, x) if calibrate else None
-            value, boot = _stats_hajek(logW, log_pi_x, y, counts, calib)
+            parts = []  # a few nodes at a time: the calibration features are [nodes, m, 2 d_q + 2 d_n + k]
+            for s in range(0, B, 4):
+                sl = slice(s, min(B, s + 4))
+                calib = _additive_features(q64, n64[sl], x) if calibrate else None
+                parts.append(_stats_hajek(logW[sl], log_pi_x, y, counts, calib))
+            value, boot = torch.cat([v for v, _ in parts]), torch.cat([b for _, b in parts])
         else:
             row_mean, share = est_pairs.ht_row_means(model, y, variant, winsorize)
             value, boot = _stats_ht(row_mean, counts)

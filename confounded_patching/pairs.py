@@ -93,21 +93,35 @@ _CAP = 700.0  # largest log-weight kept (float64 exp overflows near 709)
 class _Pairs:
     """The pairs ``(i, J[i, k])`` and everything about them shared by all nodes.
 
-    Node quantities are computed for sub-chunks of ``sub`` nodes at a time
-    and reduced at once to per-prompt totals, so memory stays at about
-    ``sub * m * K`` floats whatever the chunk size.
+    Node quantities are computed for sub-chunks of ``sub`` nodes and blocks
+    of prompts ``i`` at a time, and reduced at once to per-prompt totals, so
+    memory stays at about ``max(sub, d_q) * block * K`` floats (``block``
+    prompts, about ``2**23`` floats' worth) whatever the number of prompts
+    and nodes. Winsorizing needs every pair of a node at once, so with it
+    there is a single block.
     """
+
+    BLOCK_FLOATS = 2 ** 23
 
     def __init__(self, q64, J, log_pi_x, dx_all, rows, sub: int = 8):
         self.q64, self.J, self.rows, self.sub = q64, J, rows, sub
         self.m = q64.shape[0]
         self.lp = log_pi_x
-        self.dx = dx_all[rows]
-        self.dq = q64[J[rows]] - q64[rows, None, :]  # [m', K, d_q], shared by every node
+        self.dx_all = dx_all
+        K, d_q = J.shape[1], q64.shape[1]
+        self.block = max(1, self.BLOCK_FLOATS // (K * max(d_q, sub)))
 
-    def _logw(self, model, nodes: slice):
-        dnx = model.log_ratio(self.q64, self.J, self.rows, nodes=nodes, dq=self.dq).double()
-        return (self.lp[self.rows][:, None] + self.dx - dnx).clamp(max=_CAP)  # log w_ij = log pi_x,i R_ij
+    def _blocks(self, whole: bool = False):
+        """Row blocks: (block's position in ``rows``, the rows, their dq ``[b, K, d_q]``, their dx ``[b, K]``)."""
+        n = len(self.rows)
+        step = n if whole else self.block
+        for s in range(0, n, step):
+            r = self.rows[s:s + step]
+            yield slice(s, s + len(r)), r, self.q64[self.J[r]] - self.q64[r, None, :], self.dx_all[r]
+
+    def _logw(self, model, nodes: slice, r, dq, dx):
+        dnx = model.log_ratio(self.q64, self.J, r, nodes=nodes, dq=dq).double()
+        return (self.lp[r][:, None] + dx - dnx).clamp(max=_CAP)  # log w_ij = log pi_x,i R_ij
 
     def _parts(self, B):
         return [slice(s, min(B, s + self.sub)) for s in range(0, B, self.sub)]
@@ -116,37 +130,50 @@ class _Pairs:
         """Effective sample size of the pair weights ``w_ij`` as a share of ``m' K``: [B]."""
         out = []
         for sl in self._parts(model.a.shape[0]):
-            logw = self._logw(model, sl).flatten(1)
-            out.append(torch.exp(2 * torch.logsumexp(logw, 1) - torch.logsumexp(2 * logw, 1)) / logw.shape[1])
+            l1, l2 = [], []
+            for _, r, dq, dx in self._blocks():
+                logw = self._logw(model, sl, r, dq, dx).flatten(1)
+                l1.append(torch.logsumexp(logw, 1))
+                l2.append(torch.logsumexp(2 * logw, 1))
+            lse1, lse2 = torch.logsumexp(torch.stack(l1), 0), torch.logsumexp(torch.stack(l2), 0)
+            out.append(torch.exp(2 * lse1 - lse2) / (len(self.rows) * self.J.shape[1]))
         return torch.cat(out)
 
     def hajek_totals(self, model, winsorize):
         """``log W_i = log sum_j w_ij`` per node [B, m'] (log-weights winsorized per node) and the clipped share."""
         logW, share = [], []
         for sl in self._parts(model.a.shape[0]):
-            logw = self._logw(model, sl)
-            b, mr, K = logw.shape
-            logw, sh = _winsorize(logw.reshape(b, mr * K), winsorize)
-            logW.append(torch.logsumexp(logw.reshape(b, mr, K), -1))
-            share.append(sh)
+            parts, shares = [], []
+            for _, r, dq, dx in self._blocks(whole=bool(winsorize)):
+                logw = self._logw(model, sl, r, dq, dx)
+                b, mr, K = logw.shape
+                logw, sh = _winsorize(logw.reshape(b, mr * K), winsorize)
+                parts.append(torch.logsumexp(logw.reshape(b, mr, K), -1))
+                shares.append(sh)
+            logW.append(torch.cat(parts, 1))
+            share.append(shares[0] if len(shares) == 1 else torch.zeros_like(shares[0]))
         return torch.cat(logW), torch.cat(share)
 
     def ht_row_means(self, model, y, variant, winsorize):
         """Per-prompt means over partners of the HT terms ``T_ij`` (winsorized per node): [B, m], share."""
-        lp, yr = self.lp[self.rows], y[self.rows]
         rows_out, share = [], []
         for sl in self._parts(model.a.shape[0]):
-            logw = self._logw(model, sl)
-            if variant == "eq2":  # pi_x,i (R^nx R^x - 1) y_i
-                T = (torch.exp(logw) - torch.exp(lp)[:, None]) * yr[:, None]
-            else:  # algorithm1: R^nx pi_x,i (R^x - 1) y_i
-                T = torch.exp((logw - self.dx).clamp(max=_CAP)) * torch.expm1(self.dx.clamp(max=_CAP)) * yr[:, None]
-            b, mr, K = T.shape
-            T, sh = _winsorize(T.reshape(b, mr * K), winsorize)
-            full = torch.zeros(b, self.m, dtype=T.dtype)
-            full[:, self.rows] = T.reshape(b, mr, K).mean(-1)
+            full, shares = None, []
+            for _, r, dq, dx in self._blocks(whole=bool(winsorize)):
+                lp, yr = self.lp[r], y[r]
+                logw = self._logw(model, sl, r, dq, dx)
+                if variant == "eq2":  # pi_x,i (R^nx R^x - 1) y_i
+                    T = (torch.exp(logw) - torch.exp(lp)[:, None]) * yr[:, None]
+                else:  # algorithm1: R^nx pi_x,i (R^x - 1) y_i
+                    T = torch.exp((logw - dx).clamp(max=_CAP)) * torch.expm1(dx.clamp(max=_CAP)) * yr[:, None]
+                b, mr, K = T.shape
+                T, sh = _winsorize(T.reshape(b, mr * K), winsorize)
+                if full is None:
+                    full = torch.zeros(b, self.m, dtype=T.dtype)
+                full[:, r] = T.reshape(b, mr, K).mean(-1)
+                shares.append(sh)
             rows_out.append(full)
-            share.append(sh)
+            share.append(shares[0] if len(shares) == 1 else torch.zeros_like(shares[0]))
         return torch.cat(rows_out), torch.cat(share)
 
 

@@ -365,3 +365,15 @@ def test_cuda_solves_agree_with_the_cpu(sem, sem_table):
     gpu = _quiet(aie_many, sem.query, sem.nodes, sem.outcome, sem.topics, device="cuda", **FAST)
     assert gpu.status == sem_table.status
     np.testing.assert_allclose(gpu.value, sem_table.value, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("estimator", ["hajek", "ht"])
+def test_prompt_blocks_of_the_pair_computations_change_nothing(sem, monkeypatch, estimator):
+    """Pairs are processed in blocks of prompts for large m; tiny blocks must give the same table."""
+    kw = dict(FAST, n_boot=20, estimator=estimator)
+    whole = _quiet(aie_many, sem.query, sem.nodes, sem.outcome, sem.topics, **kw)
+    monkeypatch.setattr(_Pairs, "BLOCK_FLOATS", 100 * 2 * 7)  # 7 prompts per block
+    blocked = _quiet(aie_many, sem.query, sem.nodes, sem.outcome, sem.topics, **kw)
+    for name in ("value", "pair_ess", "ci_low", "ci_high", "ess"):
+        np.testing.assert_allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-9, atol=1e-12)
+    assert np.all(np.isfinite(whole.value)) and np.abs(whole.value).max() > 0.05
