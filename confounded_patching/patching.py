@@ -40,7 +40,7 @@ from .models import adapt
 from .models.sites import Plan, Read, Write
 from .models.tokens import TokenBatch, as_id_lists, columns, pad, token_labels, _pad_id
 from .nodes import Node
-from .progress import progress_bar
+from .progress import progress_counter
 from .results import Result
 
 __all__ = ["patch", "resample", "PatchingResult", "ResampleResult", "DIRECTIONS", "METHODS"]
@@ -246,8 +246,7 @@ def patch(
     for i, ids in enumerate(clean_ids):
         by_length[len(ids)].append(i)
     todo = sum(len(g) for g in by_length.values()) * (len(nodes) if method == "exact" else 1)
-    bar = progress_bar(range(todo), progress, desc=f"patch ({method})", unit="patch")
-    bar_iter = iter(bar)
+    bar = progress_counter(todo, progress, desc=f"patch ({method})", unit="patch")
     for length, group in by_length.items():
         cb = pad([clean_ids[i] for i in group], pad_id)
         xb = pad([corrupt_ids[i] for i in group], pad_id)
@@ -283,7 +282,7 @@ def patch(
                 _, corrupt_logits = adapter.run(xb, Plan(), remote=remote)
                 corrupt_m[group] = evaluate(metric, corrupt_logits.float(), ref, rows=group).cpu().numpy()
             raw[group] = target_m[:, None] + _attribution(nodes, src_acts, tgt_acts, grads, length)
-            next(bar_iter, None)
+            bar.update(len(group))
             continue
         corrupt_m[group] = evaluate(metric, corrupt_logits.float(), ref, rows=group, mask=mask).cpu().numpy()
         src = {k: v.detach() for k, v in src.items()}
@@ -315,10 +314,8 @@ def patch(
             target_m = corrupt_m if direction == "denoise" else clean_m
             for (p, k), v in zip(chunk, values[len(base):]):
                 raw[group[p], k] = target_m[group[p]] + (v - unpatched[p])
-            for _ in chunk:
-                next(bar_iter, None)
-    if hasattr(bar, "close"):
-        bar.close()
+            bar.update(len(chunk))
+    bar.close()
     texts = lambda ps: list(ps) if isinstance(ps, (list, tuple)) and all(isinstance(p, str) for p in ps) else None
     tokens = token_labels(adapter.tokenizer, clean_ids[0])
     return PatchingResult(nodes=nodes, raw=raw, clean=clean_m, corrupt=corrupt_m, direction=direction,
@@ -482,11 +479,10 @@ def resample(
         layers = sorted({n.layer for n in nodes if n.layer > 0})
     order = np.argsort([len(id_lists[i]) for i in pairs[:, 0]], kind="stable")
     effects = np.zeros((len(pairs), len(nodes)))
-    n_batches = -(-len(pairs) * len(nodes) // batch_size)
-    bar = progress_bar(range(n_batches), progress, desc="resample", unit="batch")
-    bar_iter = iter(bar)
     # blocks of pairs (in length order): their prompts' residual streams are cached for the block only
     block = max(1, 4 * batch_size // max(1, len(nodes)))
+    n_batches = sum(-(-len(order[b:b + block]) * len(nodes) // batch_size) for b in range(0, len(order), block))
+    bar = progress_counter(n_batches, progress, desc="resample", unit="batch")
     for b0 in range(0, len(order), block):
         ks = [int(k) for k in order[b0:b0 + block]]
         cache = _residual_cache(adapter, [int(pairs[k, 0]) for k in ks], id_lists, layers, pad_id, remote)
@@ -515,8 +511,7 @@ def resample(
             unpatched = dict(zip(base, y[:len(base)]))
             for (k, n), v in zip(chunk, y[len(base):]):
                 effects[k, n] = v - unpatched[int(pairs[k, 0])]
-            next(bar_iter, None)
-    if hasattr(bar, "close"):
-        bar.close()
+            bar.update(1)
+    bar.close()
     return ResampleResult(nodes=nodes, effects=effects, pairs=pairs, baseline=baseline, outcome=outcome.name,
                           stratified=strata is not None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["progress_bar"]
+__all__ = ["progress_bar", "progress_counter"]
 
 
 def progress_bar(iterable, enabled: bool = True, **kwargs):
@@ -12,3 +12,20 @@ def progress_bar(iterable, enabled: bool = True, **kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, **kwargs)
+
+
+class _Silent:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_counter(total: int, enabled: bool = True, **kwargs):
+    """A bar advanced by hand (``.update(n)``, ``.close()``); a silent one when disabled."""
+    if not enabled:
+        return _Silent()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, **kwargs)
