@@ -69,6 +69,7 @@ from .errors import InputError, describe
 from .gamma_rule import GammaRule, _prod_gamma, select_gamma, select_gamma_x
 from .pairs import _check_pairs, _Pairs, _stats_hajek, _stats_ht, pair_index
 from .coords import _coords, _matrix, node_source
+from .outcome_model import fit_outcome
 from .devices import resolve_device
 from .results import Result
 from .topics import _standardize, confounder_features
@@ -88,7 +89,7 @@ FEATURES = ("squares", "paper")
 _PER_NODE = ("value", "ci_low", "ci_high", "se", "gamma", "gamma_max", "gamma_noise", "ess", "pair_ess", "imbalance",
              "winsorized")
 _SHARED = ("gamma_x", "ess_x", "imbalance_x", "status_x", "n", "K", "variant", "estimator", "weights", "features",
-           "adjusted", "winsorize", "calibrated")
+           "adjusted", "winsorize", "calibrated", "augmented")
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,8 @@ class AIEResult(Result):
         n: prompts; K: partners per prompt.
         variant, estimator, weights, features, winsorize: the settings used.
         adjusted: whether a confounder was balanced.
+        calibrated, augmented: whether the Hajek totals were calibrated and
+            the outcome-model augmentation added.
     """
 
     value: float
@@ -146,6 +149,7 @@ class AIEResult(Result):
     adjusted: bool
     winsorize: float = 0.0
     calibrated: bool = False
+    augmented: bool = False
     kind: str = "aie"
 
 
@@ -189,6 +193,7 @@ class AIETable(Result):
     adjusted: bool
     winsorize: float = 0.0
     calibrated: bool = False
+    augmented: bool = False
     gamma_rule: dict = field(default_factory=dict)
     kind: str = "aie_table"
 
@@ -249,7 +254,7 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
              d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
              pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", chunk_size: int = 64,
              dtype=torch.float32, tol: float | None = None, max_iter: int = 3000,
-             gamma_rule: GammaRule | None = None, device=None) -> AIETable:
+             gamma_rule: GammaRule | None = None, device=None, augment="auto") -> AIETable:
     """AIE of every node, with the EB problems solved batched across nodes.
 
     Args:
@@ -302,6 +307,11 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         tol: KKT tolerance of the solver, in correlation units (default ``1e-4``;
             the sampling noise of a correlation at m = 1000 is about 0.03).
         gamma_rule: knobs of the ``"auto"`` rule.
+        augment: add the outcome-model term of the augmented (doubly robust)
+            estimator (:mod:`~.outcome_model`: a ridge regression of ``y`` on
+            ``[q, q^2, n, n^2, x, q n, q x]``, penalty by GCV), which corrects
+            the bias left by approximate balance (``"auto"``: on for Hajek;
+            the HT forms reproduce the paper and have none).
 
     Returns:
         :class:`AIETable`, one entry per node in input order.
@@ -317,6 +327,11 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
     if calibrate is True and estimator != "hajek":
         raise InputError("calibrate=True applies to estimator='hajek'; received estimator='ht'")
     calibrate = estimator == "hajek" if calibrate == "auto" else calibrate
+    if augment not in ("auto", True, False):
+        raise InputError(f"augment must be 'auto', True or False; received {describe(augment)}")
+    if augment is True and estimator != "hajek":
+        raise InputError("augment=True applies to estimator='hajek'; received estimator='ht'")
+    augment = estimator == "hajek" if augment == "auto" else augment
     for name, v in (("gamma", gamma), ("gamma_x", gamma_x)):
         if not (v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and
                                 math.isfinite(v))):
@@ -397,11 +412,13 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         pess = all_pairs.pair_ess(model)
         if estimator == "hajek":
             logW, share = all_pairs.hajek_totals(model, winsorize)
+            aug = fit_outcome(q64, n64, x, y, J) if augment else None
             parts = []  # a few nodes at a time: the calibration features are [nodes, m, 2 d_q + 2 d_n + k]
             for s in range(0, B, 4):
                 sl = slice(s, min(B, s + 4))
                 calib = _additive_features(q64, n64[sl], x) if calibrate else None
-                parts.append(_stats_hajek(logW[sl], log_pi_x, y, counts, calib))
+                parts.append(_stats_hajek(logW[sl], log_pi_x, y, counts, calib,
+                                          None if aug is None else (aug[0][sl], aug[1][sl])))
             value, boot = torch.cat([v for v, _ in parts]), torch.cat([b for _, b in parts])
         else:
             row_mean, share = est_pairs.ht_row_means(model, y, variant, winsorize)
@@ -430,7 +447,7 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         gamma_max=cat["gamma_max"], gamma_noise=cat["gamma_noise"], boot=boot,
         gamma_x=diag_x[0], ess_x=diag_x[1], imbalance_x=diag_x[2], status_x=diag_x[3],
         n=m, K=int(J.shape[1]), variant=variant, estimator=estimator, weights=weights, features=features,
-        adjusted=adjusted, winsorize=float(winsorize or 0.0), calibrated=bool(calibrate),
+        adjusted=adjusted, winsorize=float(winsorize or 0.0), calibrated=bool(calibrate), augmented=bool(augment),
         gamma_rule=rule.to_dict() if "auto" in (gamma, gamma_x) else {})
 
 
@@ -439,7 +456,7 @@ def aie(query, node, outcome, confounder=None, *, K: int = 200, gamma="auto", ga
         d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
         pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", dtype=torch.float64,
         tol: float | None = None, max_iter: int = 3000, gamma_rule: GammaRule | None = None,
-        device=None) -> AIEResult:
+        device=None, augment="auto") -> AIEResult:
     """AIE of one node (:func:`aie_many` on ``[node]``, solved in float64 by default).
 
     Args:
@@ -463,7 +480,7 @@ def aie(query, node, outcome, confounder=None, *, K: int = 200, gamma="auto", ga
                      estimator=estimator, weights=weights, features=features, d_q=d_q, d_n=d_n,
                      winsorize=winsorize, n_boot=n_boot, ci=ci, pairs=pairs, seed=seed,
                      confounder_kind=confounder_kind, calibrate=calibrate, dtype=dtype, tol=tol,
-                     max_iter=max_iter, gamma_rule=gamma_rule, device=device)
+                     max_iter=max_iter, gamma_rule=gamma_rule, device=device, augment=augment)
     return table[0]
 
 

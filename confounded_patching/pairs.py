@@ -183,11 +183,15 @@ def _stats_ht(row_mean, counts) -> tuple:
     return row_mean.sum(1) / m, row_mean @ counts.T / m
 
 
-def _stats_hajek(logW, log_pi_x, y, counts, calib=None) -> tuple:
+def _stats_hajek(logW, log_pi_x, y, counts, calib=None, aug=None) -> tuple:
     """Hajek AIE ``sum_i W_i y_i / sum_i W_i - sum_i pi_i y_i / sum_i pi_i`` and its bootstrap over prompts.
 
     ``W_i = sum_j w_ij`` are the pair-weight totals; ``calib`` [B, m, h]
-    (optional) are the additive features of :func:`_calibrate`.
+    (optional) are the additive features of :func:`_calibrate`; ``aug`` =
+    ``(h, P)`` [B, m] each (optional) are the fitted outcomes and their
+    partner averages of :func:`~.outcome_model.fit_outcome`, which add
+    ``sum_i pi_i P_i / sum_i pi_i - sum_i W_i h_i / sum_i W_i`` (the
+    augmented estimator).
     """
     pi = torch.exp(log_pi_x - log_pi_x.max())
     if calib is not None:
@@ -195,6 +199,10 @@ def _stats_hajek(logW, log_pi_x, y, counts, calib=None) -> tuple:
     W = torch.exp(logW - logW.amax(1, keepdim=True))
     value = (W @ y) / W.sum(1) - (pi * y).sum() / pi.sum()
     boot = ((W * y) @ counts.T) / (W @ counts.T) - ((counts @ (pi * y)) / (counts @ pi))[None, :]
+    if aug is not None:
+        h, P = aug
+        value = value + (P @ pi) / pi.sum() - (W * h).sum(1) / W.sum(1)
+        boot = boot + ((P * pi) @ counts.T) / (counts @ pi)[None, :] - ((W * h) @ counts.T) / (W @ counts.T)
     return value, boot
 
 
