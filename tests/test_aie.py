@@ -161,15 +161,29 @@ def test_auto_gamma_for_nearly_separated_topics_still_adjusts():
 
 
 def test_uniform_weights_give_exactly_zero_unadjusted_aie(sem):
-    r = aie(sem.query, sem.nodes[0], sem.outcome, None, gamma=1e3, **FAST)
+    r = aie(sem.query, sem.nodes[0], sem.outcome, None, gamma=1e3, augment=False, **FAST)
     assert r.value == pytest.approx(0.0, abs=1e-12) and r.ess == pytest.approx(r.n)
+
+
+def test_augmented_aie_under_uniform_weights_is_the_outcome_models_regression_estimate(sem):
+    """With uniform weights the balancing term vanishes and only the outcome model's plug-in is left."""
+    from confounded_patching.coords import _coords
+    from confounded_patching.outcome_model import fit_outcome
+
+    r = aie(sem.query, sem.nodes[0], sem.outcome, None, gamma=1e3, calibrate=False, **dict(FAST, n_boot=0))
+    q = _coords("query", torch.from_numpy(sem.query), 2, 0)
+    n = _coords("node", torch.from_numpy(sem.nodes[0]), 2, 0)[None]
+    J = torch.from_numpy(pair_index(len(sem.outcome), FAST["K"], 0))
+    h, P = fit_outcome(q, n, None, torch.from_numpy(sem.outcome), J)
+    assert r.augmented and r.value == pytest.approx(float(P.mean() - h.mean()), abs=1e-10)
+    assert abs(r.value - sem.truth[0]) < 0.35 * abs(sem.truth[0])  # the outcome is linear in the features
 
 
 def test_adjusted_aie_is_zero_when_the_node_model_is_unconstrained(sem):
     """With the node's products free, R^nx must cancel R^x: pi_nx's topic products share pi_x's gamma."""
     for est in ("ht", "hajek"):
         r = aie_many(sem.query, sem.nodes, sem.outcome, sem.topics, gamma=1e3, estimator=est, calibrate=False,
-                     **dict(FAST, n_boot=0))
+                     augment=False, **dict(FAST, n_boot=0))
         np.testing.assert_array_less(np.abs(r.value), 0.02)
 
 
