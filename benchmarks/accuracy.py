@@ -4,8 +4,8 @@ Designs (``confounded_patching.simulate``; truth in closed form or by Monte
 Carlo): Gaussian-topic SEM with a causal and a topic-only node (d = 2, 5,
 25), a stronger causal node, an additive outcome (truth 0), a randomised
 query, a tanh mediator. Estimators: the default (adjusted, Eq. 2,
-calibrated Hajek, squares, EB, gamma="auto") and one change at a time:
-no calibration, Horvitz-Thompson, the paper's 5%/95% winsorized HT,
+calibrated Hajek, augmented with the ridge outcome model, squares, EB,
+gamma="auto") and one change at a time: no augmentation, no calibration, Horvitz-Thompson, the paper's 5%/95% winsorized HT,
 Algorithm 1 as printed, the paper's features, parametric weights
 (Appendix A), and the unadjusted ("normal") estimator.
 
@@ -13,7 +13,7 @@ For each design/node the table gives the truth (mean over seeds) and, per
 estimator, the mean estimate, its standard deviation over seeds, and the
 share of seeds whose 95% bootstrap interval covers the truth.
 
-Run:  OMP_WAIT_POLICY=PASSIVE python benchmarks/accuracy.py [--seeds 5] [--rules] [--squares]
+Run:  OMP_WAIT_POLICY=PASSIVE python benchmarks/accuracy.py [--seeds 5] [--rules] [--squares] [--estimators a,b]
   --rules    also compare gamma rules (pair-ESS floors, fixed gammas)
   --squares  also the exact-balance scalar SEM of the notes (squares vs paper features)
 """
@@ -42,6 +42,7 @@ DESIGNS = {
 
 ESTIMATORS = {
     "default": dict(),
+    "no augment": dict(augment=False),
     "no calib": dict(calibrate=False),
     "HT": dict(estimator="ht"),
     "HT wins5%": dict(estimator="ht", winsorize=0.05),
@@ -111,10 +112,14 @@ def main():
     ap.add_argument("--first-seed", type=int, default=300)
     ap.add_argument("--rules", action="store_true")
     ap.add_argument("--squares", action="store_true")
+    ap.add_argument("--estimators", default=",".join(ESTIMATORS), help="comma-separated subset of the columns")
     args = ap.parse_args()
+    names = [e.strip() for e in args.estimators.split(",") if e.strip()]
+    if not names or any(e not in ESTIMATORS for e in names):
+        ap.error(f"--estimators must come from {list(ESTIMATORS)}; received {names}")
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     print(f"seeds {seeds}; K = 200; n_boot = 200; cells: mean (sd over seeds) and 95% interval coverage")
-    table(DESIGNS, ESTIMATORS, seeds, "Estimators")
+    table(DESIGNS, {e: ESTIMATORS[e] for e in names}, seeds, "Estimators")
     if args.rules:
         table(DESIGNS, RULES, seeds, "Gamma rules (default estimator)")
     if args.squares:

@@ -529,12 +529,18 @@ WHY = [
           largest terms starts to decide the answer — or the balance is impossible and the status says
           `infeasible`.
 
+        This section looks at the balancing term alone (`augment=False`). By default `aie_many` also adds an
+        outcome-model term (a ridge regression of y on the balance features) that puts back what approximate
+        balance leaves out; with it, uniform weights give the regression estimate rather than 0
+        (`docs/estimator.md`).
+
         First, uniform weights, for both estimators (γ above γ_max for the nodes and for the confounder):
         """),
     code("""
         one = simulate.gaussian_sem(m=M, confounding=1.0, seed=1)       # one causal, one topic-only node
-        uniform_adj = aie_many(one.query, one.nodes, one.outcome, one.topics, K=K, n_boot=0, gamma=10.0, gamma_x=10.0)
-        uniform_un = aie_many(one.query, one.nodes, one.outcome, None, K=K, n_boot=0, gamma=10.0)
+        uniform_adj = aie_many(one.query, one.nodes, one.outcome, one.topics, K=K, n_boot=0, gamma=10.0, gamma_x=10.0,
+                               augment=False)
+        uniform_un = aie_many(one.query, one.nodes, one.outcome, None, K=K, n_boot=0, gamma=10.0, augment=False)
         print("gamma_max per node:", uniform_adj.gamma_max.round(3))
         print("adjusted AIE:  ", uniform_adj.value, "  ESS", uniform_adj.ess.round(1), "of", M)
         print("unadjusted AIE:", uniform_un.value)
@@ -556,7 +562,7 @@ WHY = [
             for g in gammas:
                 for winsorize in (0.05, None):
                     tab = aie_many(one.query, one.nodes, one.outcome, one.topics, K=K, n_boot=0, gamma=float(g),
-                                   winsorize=winsorize)
+                                   winsorize=winsorize, augment=False)
                     for i, name in enumerate(one.names):
                         rows.append(dict(gamma=g, node=name, winsorize=winsorize is not None, value=tab.value[i],
                                          pair_ess=tab.pair_ess[i], status=tab.status[i]))
@@ -639,7 +645,7 @@ WHY = [
 
         - An unadjusted node score can be confidently wrong when a confounder drives both the node and the
           outcome; adjusting for the topic removes that failure mode.
-        - The EB-AIE is a weighted estimate: at uniform weights it is exactly 0; with too little
+        - The balancing term of the EB-AIE is a weighted estimate: at uniform weights it is exactly 0; with too little
           regularisation a few pairs carry it and it becomes unstable. Read the diagnostics (status, ESS,
           pair ESS, γ) with every number.
         - Averaged over random pairs, the AIE is 0 for any outcome that is additive in the query and the node:
