@@ -7,7 +7,7 @@ attention-head node at the last position (30 + 270 = 300 nodes):
 
 1. EB-AIE, adjusted for the dataset's topics and unadjusted (one capture
    pass, ``cp.mediate``), with the library defaults and with the variants
-   named by ``--variants`` (e.g. ``d5``: d_q = d_n = 5; ``parametric``).
+   named by ``--variants`` (``noaug``: the balancing-only estimator, ``augment=False``; ``d5``: d_q = d_n = 5; ``parametric``).
 2. The brute-force resample AIE (``cp.resample``), unstratified and
    topic-stratified, with the same random pairs for every node; the ratio of
    its median standard error to the spread of its values across nodes says
@@ -42,7 +42,7 @@ import torch
 import confounded_patching as cp
 
 KS = (1, 5, 10, 20)
-VARIANTS = {"default": {}, "d5": {"d_q": 5, "d_n": 5}, "d10": {"d_q": 10, "d_n": 10},
+VARIANTS = {"default": {}, "noaug": {"augment": False}, "d5": {"d_q": 5, "d_n": 5}, "d10": {"d_q": 10, "d_n": 10},
             "parametric": {"weights": "parametric"}, "ht": {"estimator": "ht"}}
 
 
@@ -247,7 +247,7 @@ def main() -> None:
     ap.add_argument("--patch-pairs", type=int, default=16)
     ap.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts for the ablation check")
     ap.add_argument("--random-rankings", type=int, default=2)
-    ap.add_argument("--variants", default="default,d5", help=f"EB variants, from {sorted(VARIANTS)}")
+    ap.add_argument("--variants", default="default,noaug", help=f"EB variants, from {sorted(VARIANTS)}")
     ap.add_argument("--datasets", default="professions,capitals")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
