@@ -41,7 +41,10 @@ _ALPHAS = torch.logspace(-3, 4, 15, dtype=torch.float64)  # penalty grid, in uni
 
 
 def _features(q, q2, n, x):
-    """``[q, q^2, n, n^2, x, q outer n, q outer x]``: [B, m, p] from q, q2 [m, d_q], n [B, m, d_n], x [m, k]."""
+    """``[q, q^2, n, n^2, x, q outer n, q outer x]``: [B, m, p] from q, q2 [m, d_q], n [B, m, d_n], x [m, k].
+
+    ``q`` and ``q2`` may be per-prompt averages over partners (then ``q2`` is the mean of the squares).
+    """
     B, m, _ = n.shape
     parts = [q.expand(B, -1, -1), q2.expand(B, -1, -1), n, n * n]
     prods = [(q[None, :, :, None] * n[:, :, None, :]).reshape(B, m, -1)]
@@ -113,17 +116,7 @@ def fit_outcome(q64, n64, x, y, J, *, budget: int = 2 ** 24):
         F = _features(q, q2, n, x)
         beta, b0, _ = _ridge_gcv(F, y)
         h.append(torch.einsum("bmp,bp->bm", F, beta) + b0[:, None])
-        Fp = _features_partners(q, qb, q2b, n, x)
+        Fp = _features(qb, q2b, n, x)  # the query parts from the partners' means: qbar_i outer n_i, ...
         P.append(torch.einsum("bmp,bp->bm", Fp, beta) + b0[:, None])
     return torch.cat(h), torch.cat(P)
 
-
-def _features_partners(q, qb, q2b, n, x):
-    """The features with the query parts replaced by the partners' means (products: ``qbar_i outer n_i``)."""
-    B, m, _ = n.shape
-    parts = [qb.expand(B, -1, -1), q2b.expand(B, -1, -1), n, n * n]
-    prods = [(qb[None, :, :, None] * n[:, :, None, :]).reshape(B, m, -1)]
-    if x is not None:
-        parts.append(x.expand(B, -1, -1))
-        prods.append((qb[:, :, None] * x[:, None, :]).reshape(m, -1).expand(B, -1, -1))
-    return torch.cat(parts + prods, -1)
