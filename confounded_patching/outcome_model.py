@@ -66,7 +66,8 @@ def _ridge_gcv(F, y):
     primal = p <= m
     if primal:  # eigen-decompose F^T F
         S, V = torch.linalg.eigh(Fc.transpose(1, 2) @ Fc)  # [B, p], [B, p, p]
-        r = torch.einsum("bpk,bmp,m->bk", V, Fc, yc)  # V^T F^T y
+        Fy = torch.einsum("bmp,m->bp", Fc, yc)  # F^T y first: m p per problem, not m p^2
+        r = torch.einsum("bpk,bp->bk", V, Fy)  # V^T F^T y
     else:  # eigen-decompose F F^T
         S, U = torch.linalg.eigh(Fc @ Fc.transpose(1, 2))
         uy = torch.einsum("bmk,m->bk", U, yc)
