@@ -5,8 +5,8 @@ Carlo): Gaussian-topic SEM with a causal and a topic-only node (d = 2, 5,
 25), a stronger causal node, an additive outcome (truth 0), a randomised
 query, a tanh mediator. Estimators: the default (adjusted, Eq. 2,
 calibrated Hajek, augmented with the ridge outcome model, squares, EB,
-gamma="auto") and one change at a time: no augmentation, no calibration, Horvitz-Thompson, the paper's 5%/95% winsorized HT,
-Algorithm 1 as printed, the paper's features, parametric weights
+gamma="auto") and one change at a time: no augmentation, no calibration,
+Horvitz-Thompson, the paper's 5%/95% winsorized HT, Algorithm 1 as printed, the paper's features, parametric weights
 (Appendix A), and the unadjusted ("normal") estimator.
 
 For each design/node the table gives the truth (mean over seeds) and, per

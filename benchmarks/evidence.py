@@ -7,7 +7,8 @@ attention-head node at the last position (30 + 270 = 300 nodes):
 
 1. EB-AIE, adjusted for the dataset's topics and unadjusted (one capture
    pass, ``cp.mediate``), with the library defaults and with the variants
-   named by ``--variants`` (``noaug``: the balancing-only estimator, ``augment=False``; ``d5``: d_q = d_n = 5; ``parametric``).
+   named by ``--variants`` (``noaug``: the balancing-only estimator,
+   ``augment=False``; ``d5``: d_q = d_n = 5; ``parametric``).
 2. The brute-force resample AIE (``cp.resample``), unstratified and
    topic-stratified, with the same random pairs for every node; the ratio of
    its median standard error to the spread of its values across nodes says

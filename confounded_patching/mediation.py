@@ -69,7 +69,7 @@ from .errors import InputError, describe
 from .gamma_rule import GammaRule, _prod_gamma, select_gamma, select_gamma_x
 from .pairs import _check_pairs, _Pairs, _stats_hajek, _stats_ht, pair_index
 from .coords import _coords, _matrix, node_source
-from .outcome_model import fit_outcome
+from .outcome_model import fit_outcome, partner_means
 from .devices import resolve_device
 from .results import Result
 from .topics import _standardize, confounder_features
@@ -391,6 +391,7 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
     all_pairs = _Pairs(q64, J, log_pi_x, dx_all, torch.arange(m))
     est_pairs = all_pairs if len(rows) == m else _Pairs(q64, J, log_pi_x, dx_all, rows)
 
+    partners = partner_means(q64, J) if augment else None  # shared by every node's outcome model
     keys = ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "pair_ess", "gamma_max", "gamma_noise")
     out = {k: [] for k in keys + ("status",)}
     for chunk in _chunks(source.widths, chunk_size):
@@ -412,7 +413,7 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         pess = all_pairs.pair_ess(model)
         if estimator == "hajek":
             logW, share = all_pairs.hajek_totals(model, winsorize)
-            aug = fit_outcome(q64, n64, x, y, J) if augment else None
+            aug = fit_outcome(q64, n64, x, y, J, partners=partners) if augment else None
             parts = []  # a few nodes at a time: the calibration features are [nodes, m, 2 d_q + 2 d_n + k]
             for s in range(0, B, 4):
                 sl = slice(s, min(B, s + 4))

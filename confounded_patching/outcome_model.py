@@ -31,11 +31,9 @@ mean ``q`` and mean ``q^2``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-__all__ = ["fit_outcome"]
+__all__ = ["fit_outcome", "partner_means"]
 
 _ALPHAS = torch.logspace(-3, 4, 15, dtype=torch.float64)  # penalty grid, in units of the mean feature variance
 
@@ -94,22 +92,42 @@ def _ridge_gcv(F, y):
     return beta, intercept, alpha
 
 
-def fit_outcome(q64, n64, x, y, J, *, budget: int = 2 ** 24):
+def partner_means(q64, J, *, block_floats: int = 2 ** 23):
+    """The partners' mean ``q`` and mean ``q^2`` per prompt: ``[m, d_q]`` each (float64).
+
+    Computed in blocks of prompts so the gathered ``[block, K, d_q]`` stays
+    near ``block_floats``, whatever ``m``. Shared by every node: compute it
+    once per estimator call.
+    """
+    q = q64.double()
+    m, K = J.shape
+    step = max(1, block_floats // (K * q.shape[1]))
+    qb, q2b = [], []
+    for s in range(0, m, step):
+        g = q[J[s:s + step]]  # [b, K, d_q]
+        qb.append(g.mean(1))
+        q2b.append((g * g).mean(1))
+    return torch.cat(qb), torch.cat(q2b)
+
+
+def fit_outcome(q64, n64, x, y, J, *, partners=None, budget: int = 2 ** 24):
     """Fitted outcomes ``h_i`` and their partner averages ``P_i = mean_k h(q_J[i,k], n_i, x_i)``: [B, m] each.
 
     Args:
         q64: query coordinates ``[m, d_q]`` (float64); n64: node coordinates
             ``[B, m, d_n]``; x: confounder features ``[m, k]`` or None;
             y: outcome ``[m]``; J: partners ``[m, K]``.
+        partners: :func:`partner_means` of ``(q64, J)``, if already computed.
         budget: floats of the feature matrix per sub-batch of nodes.
     """
     q = q64.double()
     y = y.double()
     x = None if x is None else x.double()
     B, m, d_n = n64.shape
+    d_q, k = q.shape[1], 0 if x is None else x.shape[1]
     q2 = q * q
-    qb, q2b = q[J].mean(1), q2[J].mean(1)  # partners' means: every feature is linear in q or q^2
-    p = _features(q[:1], q2[:1], n64[:1, :1], x if x is None else x[:1]).shape[-1]
+    qb, q2b = partner_means(q, J) if partners is None else partners  # every feature is linear in q or q^2
+    p = 2 * d_q + 2 * d_n + k + d_q * (d_n + k)  # the columns of _features
     step = max(1, budget // (m * p))
     h, P = [], []
     for s in range(0, B, step):
@@ -120,4 +138,3 @@ def fit_outcome(q64, n64, x, y, J, *, budget: int = 2 ** 24):
         Fp = _features(qb, q2b, n, x)  # the query parts from the partners' means: qbar_i outer n_i, ...
         P.append(torch.einsum("bmp,bp->bm", Fp, beta) + b0[:, None])
     return torch.cat(h), torch.cat(P)
-

@@ -48,9 +48,9 @@ the <i>q × n non-additivity</i>, how much the node's contribution depends on wh
 For a binary label of a rare behaviour it is large for nodes that carry the behaviour.</li>
 <li><b>Why the weights matter.</b> With uniform weights the balancing term of every EB-AIE is exactly 0: its
 signal lives in the weights' cross-evaluations; an outcome-model term (a ridge regression of the outcome on the
-balance features) adds back what approximate balance leaves out. A large balancing tolerance γ shrinks every node toward 0; a small one lets the
-ratios explode. Read the estimates together with the diagnostics: effective sample size (ESS), imbalance, the
-chosen γ and the solver status. NaN means the balancing problem was infeasible for that node.</li>
+balance features) adds back what approximate balance leaves out. A large balancing tolerance γ shrinks every
+node toward 0; a small one lets the ratios explode. Read the estimates together with the diagnostics: effective
+sample size (ESS), imbalance, the chosen γ and the solver status. NaN means the balancing problem was infeasible for that node.</li>
 <li><b>Colours.</b> RdBu, blue = positive, centred at 0 (white). Within a row of the heatmaps, columns with the
 same units share one colour range (patching scores with each other; AIEs in units of y with each other); each
 colourbar states its normalization. Layer 0 is at the top. Grey cells were not computed.</li>
