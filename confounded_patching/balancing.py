@@ -14,9 +14,15 @@ Its dual is unconstrained::
 
 This module minimises ``F`` for a batch of problems at once:
 
-- ``gamma == 0`` everywhere: damped Newton on the smooth dual (Hessian
-  ``Cov_w(g)``), to a gradient of ``tol``.
-- any ``gamma > 0``: FISTA with backtracking, the step relaxed each
+- by default, a working-set Newton method (one solver for exact and
+  approximate balance): Newton steps on the columns with ``gamma = 0``,
+  ``lam != 0`` or a violated tolerance, with the L1 term linear within the
+  current orthant (as in OWL-QN, with the exact Hessian ``Cov_w(g)`` on the
+  working set), a trust region on the scores and backtracking on ``F``.
+  Balance features of the AIE are nearly collinear (``p`` close to ``m``,
+  condition numbers near 1e5), where first-order methods need thousands of
+  iterations; Newton needs tens.
+- ``solver="fista"``: FISTA with backtracking, the step relaxed each
   iteration, soft thresholding and O'Donoghue-Candes gradient restart (the
   solver of R's WeightIt for L1-regularised EB).
 
@@ -61,6 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .blocks import block_rows
 from .errors import InputError, describe
 
 __all__ = [
@@ -72,6 +79,8 @@ __all__ = [
 ]
 
 STATUSES = ("converged", "max_iter", "infeasible")
+MAX_ITER_NEWTON = 200  # default iteration caps of the two solvers
+MAX_ITER_FISTA = 5000
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -191,6 +200,10 @@ class _Dense:
     def dense(self, idx=None):
         return self.G if idx is None else self.G[idx]
 
+    def rows(self, idx):  # the columns G[b][:, idx[b]] as rows: [B, a, m]; index p gives zeros
+        cols = torch.gather(self.G, 2, idx.clamp(max=self.p - 1).unsqueeze(1).expand(-1, self.m, -1))
+        return (cols * (idx < self.p).unsqueeze(1)).transpose(1, 2)
+
     def subset(self, idx):
         return _Dense(self.G[idx], None if self.offset is None else self.offset[idx])
 
@@ -266,6 +279,34 @@ class _Factored:
         parts.append(qz.reshape(B, dq * dz))
         return torch.cat(parts, dim=1)
 
+    def _factors(self):
+        """Column ``k`` of ``g`` is ``L[lo[k]] * R[:, hi[k]]`` with the rows ``L = [q, q^2 - c, 1, 0]^T`` [n_l, m]
+        and ``R = [1, z]^T`` [B, 1 + d_z, m]; ``k = p`` (padding) is the zero column. Built once per operator."""
+        if getattr(self, "_fac", None) is None:
+            L_, dq, dz, p = self.lay, self.dq, self.dz, self.p
+            nq = dq * (2 if self.squares else 1)
+            lo = torch.empty(p + 1, dtype=torch.long)
+            hi = torch.zeros(p + 1, dtype=torch.long)
+            lo[L_["q"]] = torch.arange(dq)
+            if self.squares:
+                lo[L_["q2"]] = dq + torch.arange(dq)
+            lo[L_["z"]], hi[L_["z"]] = nq, 1 + torch.arange(dz)
+            lo[L_["qz"]], hi[L_["qz"]] = torch.arange(dq).repeat_interleave(dz), 1 + torch.arange(dz).repeat(dq)
+            lo[p] = nq + 1
+            q = self.q
+            ones = torch.ones(*q.shape[:-1], 1, dtype=q.dtype, device=q.device)
+            left = torch.cat([q] + ([self.sq] if self.squares else []) + [ones, torch.zeros_like(ones)], -1)
+            right = torch.cat([torch.ones(self.B, self.m, 1, dtype=self.z.dtype, device=self.z.device), self.z], -1)
+            self._fac = (lo.to(q.device), hi.to(q.device), left.transpose(-1, -2).contiguous(),
+                         right.transpose(1, 2).contiguous())
+        return self._fac
+
+    def rows(self, idx):  # the columns g[b][:, idx[b]] as rows: [B, a, m]; index p gives zeros
+        lo, hi, left, right = self._factors()
+        b = torch.arange(self.B, device=idx.device)[:, None]
+        lrows = left[lo[idx]] if self.shared else left[b, lo[idx]]
+        return lrows * right[b, hi[idx]]
+
     def dense(self, idx=None):
         z = self.z if idx is None else self.z[idx]
         B = z.shape[0]
@@ -286,11 +327,15 @@ class _Factored:
             out.zt = out.z.permute(1, 0, 2).reshape(self.m, out.B * self.dz)
         else:
             out.q, out.sq = self.q[idx], (self.sq[idx] if self.squares else None)
+        if getattr(self, "_fac", None) is not None:  # the column factors of the kept problems
+            lo, hi, left, right = self._fac
+            out._fac = (lo, hi, left if self.shared else left[idx], right[idx])
         return out
 
     def to(self, device, dtype):
         out = _Factored.__new__(_Factored)
         out.__dict__.update(self.__dict__)
+        out._fac = None
         for name in ("q", "sq", "z", "zt"):
             t = getattr(self, name)
             setattr(out, name, None if t is None else t.to(device, dtype))
@@ -325,9 +370,16 @@ def _certificate(op, lam, gamma):
 
 
 def _certificate_from_scores(s, lam, gamma):
+    """The certificate for ``lam`` (any vector: an iterate, a step, a direction) from its scores ``s = -G lam``.
+
+    Weak duality: under any feasible weights ``sum_i w_i g_i^T lam = lam^T G^T w <= sum_k gamma_k |lam_k|``,
+    so ``min_i g_i^T lam > sum_k gamma_k |lam_k|`` rules out every feasible ``w``. The margin covers the
+    rounding of ``s`` in its dtype.
+    """
     lhs = -s.amax(-1)  # s = -G lam
     rhs = (gamma * lam.abs()).sum(-1)
-    scale = lam.abs().sum(-1) * 1e-9 + 1e-12
+    eps = torch.finfo(s.dtype).eps
+    scale = lam.abs().sum(-1) * 1e-9 + 64 * eps * (s.abs().amax(-1) + rhs) + 1e-12
     return (lhs - rhs > scale) & (lam.abs().sum(-1) > 0)
 
 
@@ -337,6 +389,13 @@ def _with_offset(op, s):
 
 def _soft(x, t):
     return torch.sign(x) * (x.abs() - t).clamp_min(0)
+
+
+def _decrease(logw, ds):
+    """``f(lam + d) - f(lam) = log sum_i w_i exp(ds_i)`` for ``ds = s(d)``, accurate for small steps in float32."""
+    small = torch.log1p((torch.exp(logw) * torch.expm1(ds.clamp(max=30.0))).sum(-1))
+    big = torch.logsumexp(logw + ds, dim=-1)
+    return torch.where(ds.amax(-1) < 30.0, small, big)
 
 
 def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
@@ -364,10 +423,7 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
         logw = torch.log_softmax(_with_offset(o, s), dim=-1)
         return logw, -o.moments(torch.exp(logw))
 
-    def decrease(logw, ds):  # f(y + d) - f(y) = log sum_i w_i exp(ds_i), accurate for small steps
-        small = torch.log1p((torch.exp(logw) * torch.expm1(ds.clamp(max=30.0))).sum(-1))
-        big = torch.logsumexp(logw + ds, dim=-1)
-        return torch.where(ds.amax(-1) < 30.0, small, big)
+    decrease = _decrease
 
     # scores are linear in lam: s(x) and s(y) are carried along and refreshed exactly at each check
     s_x = cur_op.scores(x)
@@ -426,51 +482,144 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
     return _Solution(out, status, n_iter)
 
 
-def _newton(op, lam, *, max_iter, tol, ridge=1e-10):
-    """Batched damped Newton for gamma = 0 (exact balance), gradient sup-norm <= tol."""
-    B = lam.shape[0]
+def _sparse_scores(op, v):
+    """``op.scores(v)`` [B, m] for a ``v`` [B, p] with few nonzero entries per row (only those columns are read)."""
+    nnz = v != 0
+    a = int(nnz.sum(-1).max())
+    if a == 0:
+        return torch.zeros(v.shape[0], op.m, dtype=v.dtype, device=v.device)
+    order = torch.argsort((~nnz).to(torch.int8), dim=-1, stable=True)[:, :a]
+    vals = torch.gather(v, 1, order) * torch.gather(nnz, 1, order)
+    return -torch.bmm(vals.unsqueeze(1), op.rows(order)).squeeze(1)
+
+
+def _hessian(op, idx, valid, w, mu):
+    """``Cov_w`` of the columns ``idx`` [B, a] of ``G`` (padding where not ``valid``): [B, a, a].
+
+    The columns are centred at their weighted means and scaled by ``sqrt(w)`` before the product (better
+    conditioned than ``G^T W G - mu mu^T`` in float32); problems are taken a few at a time so that the
+    dense ``[b, a, m]`` rows stay small (:func:`~.blocks.block_rows`).
+    """
+    B, a = idx.shape
+    step = block_rows(op.m * a)
+    out = []
+    for s in range(0, B, step):
+        sl = slice(s, min(B, s + step))
+        sub = op if (sl.start == 0 and sl.stop == B) else op.subset(torch.arange(sl.start, sl.stop, device=idx.device))
+        R = sub.rows(idx[sl])
+        R = (R - (torch.gather(mu[sl], 1, idx[sl].clamp(max=op.p - 1)) * valid[sl]).unsqueeze(-1)) \
+            * w[sl].sqrt().unsqueeze(1)
+        out.append(torch.bmm(R, R.transpose(1, 2)))
+    return torch.cat(out)
+
+
+def _newton(op, gamma, lam, *, max_iter, tol, trust=50.0):
+    """Batched working-set Newton on the dual, for exact (gamma = 0) and approximate (gamma > 0) balance.
+
+    Each step, per problem: weights ``w = softmax(-G lam)``, gradient ``-G^T w``; stop where the KKT
+    residual is at most ``tol`` (``converged``) or a certificate holds for ``lam`` or for the step's
+    direction (``infeasible``; :func:`_certificate_from_scores`). Otherwise the working set is the
+    columns with ``gamma = 0``, ``lam != 0`` or ``|grad| > gamma``; with the orthant ``sigma = sign(lam)``
+    (``-sign(grad)`` where ``lam = 0``) the penalty is linear there, and the Newton direction of
+    ``f + sum gamma_k sigma_k lam_k`` on the working set (Hessian ``Cov_w(G_A)`` plus a small ridge)
+    is followed, with the components that would leave the orthant at once dropped (as in OWL-QN),
+    scaled so that no score moves by more than ``trust`` nats, and backtracked (Armijo on the full
+    objective) with components that cross zero set to zero. Near the optimum the working set is the
+    support and the steps are those of Newton's method on it, so convergence is quadratic; a problem
+    whose line search cannot decrease the objective stops with ``max_iter``.
+    """
+    B, p = lam.shape
+    dt = lam.dtype
     status = ["max_iter"] * B
     n_iter = torch.zeros(B, dtype=torch.long)
-    lam = lam.clone()
-    G = op.dense()
-    off = torch.zeros(B, G.shape[1], dtype=G.dtype, device=G.device) if op.offset is None else op.offset
+    out = lam.clone()
     active = torch.arange(B, device=lam.device)
-    zero = torch.zeros_like(lam)
+    cur, g_act, x = op, gamma, lam.clone()
+    free = g_act == 0
+    ridge = 1e-10 if dt == torch.float64 else 1e-6  # relative to the Hessian's mean diagonal
     for it in range(max_iter + 1):
-        Ga, la, oa = G[active], lam[active], off[active]
-        s = -torch.bmm(Ga, la.unsqueeze(-1)).squeeze(-1) + oa
-        f = _lse(s)
-        w = torch.softmax(s, dim=-1)
-        mean = torch.bmm(w.unsqueeze(1), Ga).squeeze(1)  # G^T w, = -grad
-        done = mean.abs().amax(-1) <= tol
-        infeasible = _certificate(_Dense(Ga), la, zero[active]) & ~done
-        stop = done | infeasible
+        s = cur.scores(x)
+        logw = torch.log_softmax(_with_offset(cur, s), dim=-1)
+        w = torch.exp(logw)
+        mu = cur.moments(w)
+        grad = -mu
+        done = _kkt_residual(grad, x, g_act) <= tol
+        stop = done | (_certificate_from_scores(s, x, g_act) & ~done)
+        if it < max_iter and not bool(stop.all()):
+            nz = x != 0
+            ws = free | nz | (grad.abs() > g_act)
+            sigma = torch.where(free, torch.zeros_like(x), torch.where(nz, torch.sign(x), -torch.sign(grad)))
+            pg = torch.where(ws, grad + g_act * sigma, torch.zeros_like(grad))  # pseudo-gradient on the working set
+            a = int(ws.sum(-1).max())
+            order = torch.argsort((~ws).to(torch.int8), dim=-1, stable=True)[:, :a]
+            valid = torch.gather(ws, 1, order)
+            idx = torch.where(valid, order, torch.full_like(order, p))  # index p: a zero column
+            H = _hessian(cur, idx, valid, w, mu)
+            diag = torch.diagonal(H, dim1=-2, dim2=-1)
+            scale = ((diag * valid).sum(-1) / valid.sum(-1).clamp_min(1)).clamp_min(1e-300)
+            rhs = -(torch.gather(pg, 1, idx.clamp(max=p - 1)) * valid).to(H.dtype).unsqueeze(-1)
+            one = torch.ones_like(diag)
+            L, info = torch.linalg.cholesky_ex(H + torch.diag_embed(torch.where(valid, ridge * scale[:, None], one)))
+            for r in (1e-4, 1e-1):  # a larger ridge where the factorization failed
+                bad = torch.nonzero(info > 0).flatten()
+                if bad.numel() == 0:
+                    break
+                reg = torch.where(valid[bad], r * scale[bad, None], one[bad])
+                L[bad], info[bad] = torch.linalg.cholesky_ex(H[bad] + torch.diag_embed(reg))
+            dA = torch.cholesky_solve(rhs, L).squeeze(-1)
+            dA = torch.where((info > 0)[:, None], rhs.squeeze(-1) / scale[:, None], dA)  # else a gradient step
+            d = torch.zeros_like(x).scatter_add_(1, idx.clamp(max=p - 1), (dA * valid).to(dt))
+            d = torch.where(~free & ~nz & (torch.sign(d) != sigma), torch.zeros_like(d), d)  # stay in the orthant
+            ds = cur.scores(d)
+            fac = trust / ds.abs().amax(-1).clamp_min(trust)
+            d, ds = d * fac[:, None], ds * fac[:, None]
+            by_dir = _certificate_from_scores(ds, d, g_act) & ~stop
+            if bool(by_dir.any()):  # move far enough along the certifying direction that lam itself certifies
+                gap = (s.amax(-1) + (g_act * x.abs()).sum(-1)).clamp_min(0)  # -(margin of lam), if negative
+                margin = -ds.amax(-1) - (g_act * d.abs()).sum(-1)
+                c = 2 * gap / margin.clamp_min(torch.finfo(dt).tiny) + 1
+                x = torch.where(by_dir[:, None], x + c[:, None] * d, x)
+            stop = stop | by_dir
         n_iter[active.cpu()] = it
-        for k in torch.nonzero(stop).flatten().tolist():
-            status[int(active[k])] = "converged" if bool(done[k]) else "infeasible"
-        keep = ~stop
-        if not bool(keep.any()) or it == max_iter:
-            break
-        Ga, la, oa, s, f, w, mean = Ga[keep], la[keep], oa[keep], s[keep], f[keep], w[keep], mean[keep]
-        active = active[keep]
-        H = torch.bmm(Ga.transpose(1, 2) * w.unsqueeze(1), Ga) - mean.unsqueeze(-1) * mean.unsqueeze(-2)
-        scale = torch.diagonal(H, dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)
-        eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
-        step = torch.linalg.solve(H + (ridge * scale)[:, None, None] * eye, mean)  # grad = -mean; d = H^-1 mean
-        # trust region in score space: no score moves by more than 20 nats per step
-        ds = torch.bmm(Ga, step.unsqueeze(-1)).squeeze(-1).abs().amax(-1)
-        step = step * (20.0 / ds.clamp_min(20.0))[:, None]
-        slope = -(mean * step).sum(-1)
-        alpha = torch.ones_like(f)
-        for _ in range(60):
-            cand = la + alpha[:, None] * step
-            f_c = _lse(-torch.bmm(Ga, cand.unsqueeze(-1)).squeeze(-1) + oa)
-            bad = f_c > f + 1e-4 * alpha * slope + 1e-13 * f.abs().clamp_min(1.0)
-            if not bool(bad.any()):
+        if bool(stop.any()) or it == max_iter:
+            for k in torch.nonzero(stop).flatten().tolist():
+                status[int(active[k])] = "converged" if bool(done[k]) else "infeasible"
+            out[active] = x
+            if it == max_iter or bool(stop.all()):
                 break
-            alpha = torch.where(bad, alpha / 2, alpha)
-        lam[active] = la + alpha[:, None] * step
-    return _Solution(lam, status, n_iter)
+            keep = torch.nonzero(~stop).flatten()
+            active, cur = active[keep], cur.subset(keep)
+            g_act, free, x, logw, pg, sigma, d, ds = (t[keep] for t in (g_act, free, x, logw, pg, sigma, d, ds))
+        # backtracking on F = f + sum gamma |lam|, projecting components that cross zero
+        t = torch.ones(x.shape[0], dtype=dt, device=x.device)
+        pending = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        new = x.clone()
+        for _ in range(50):
+            cand = x + t[:, None] * d
+            cross = ~free & (torch.sign(cand) * sigma < 0)
+            cand = torch.where(cross, torch.zeros_like(cand), cand)
+            step = cand - x
+            proj = cross.any(-1)
+            dsc = t[:, None] * ds
+            if bool((proj & pending).any()):  # scores of the projected step: t ds minus the zeroed components' part
+                dsc = dsc - _sparse_scores(cur, torch.where(cross, x + t[:, None] * d, torch.zeros_like(d)))
+            dF = _decrease(logw, dsc) + (g_act * (cand.abs() - x.abs())).sum(-1)
+            ok = pending & (dF <= 1e-4 * (pg * step).sum(-1))
+            new[ok] = cand[ok]
+            pending &= ~ok
+            if not bool(pending.any()):
+                break
+            t = torch.where(pending, t / 2, t)
+        x = new
+        if bool(pending.any()):  # no decrease along the direction: stop these problems where they are
+            stuck = torch.nonzero(pending).flatten()
+            out[active[stuck]] = x[stuck]
+            keep = torch.nonzero(~pending).flatten()
+            if keep.numel() == 0:
+                break
+            active, cur = active[keep], cur.subset(keep)
+            g_act, free, x = g_act[keep], free[keep], x[keep]
+    return _Solution(out, status, n_iter)
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -487,16 +636,17 @@ class EntropyBalancer:
             vector ``[p]`` per column, or ``[B, p]`` per problem and column.
             ``0`` is exact balance (Hainmueller 2012); ``> 0`` is approximate
             balance (Wang & Zubizarreta 2020).
-        max_iter: iteration cap (Newton steps for gamma = 0, FISTA iterations
-            otherwise).
+        max_iter: iteration cap: Newton steps, or FISTA iterations with
+            ``solver="fista"`` (None: 200 and 5000).
         tol: stop when the KKT residual (the gradient's sup-norm for gamma =
             0) is at most ``tol``.
         device: where to solve: None (where the input is; the CPU for
             numpy), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
             A GPU that torch does not see raises :class:`InputError`.
         dtype: solver precision (float64 by default).
-        solver: ``"auto"`` (Newton where every gamma is 0, FISTA otherwise),
-            ``"newton"`` or ``"fista"``.
+        solver: ``"auto"`` or ``"newton"`` (working-set Newton, for any
+            gamma) or ``"fista"`` (first order; many cheap iterations, slow
+            on ill-conditioned features).
         verify: re-check the solution in float64 on the CPU and set
             ``status_`` from that check: ``"auto"`` (default) does so when
             the solve ran off the CPU, where float32 and TF32 matmuls can blur
@@ -526,7 +676,7 @@ class EntropyBalancer:
             (then every array attribute is float64 on the CPU).
     """
 
-    def __init__(self, gamma=0.0, *, max_iter: int = 5000, tol: float = 1e-8, device=None,
+    def __init__(self, gamma=0.0, *, max_iter: int | None = None, tol: float = 1e-8, device=None,
                  dtype=torch.float64, solver: str = "auto", verify="auto"):
         self.gamma = gamma
         self.max_iter = max_iter
@@ -609,8 +759,9 @@ class EntropyBalancer:
                              f"received {describe(self.dtype)}")
         if self.solver not in ("auto", "newton", "fista"):
             raise InputError(f"solver must be one of {{'auto', 'newton', 'fista'}}; received {self.solver!r}")
-        if not (isinstance(self.max_iter, int) and self.max_iter >= 1):
-            raise InputError(f"max_iter must be a positive int; received {describe(self.max_iter)}")
+        if self.max_iter is not None and not (isinstance(self.max_iter, int) and not isinstance(self.max_iter, bool)
+                                              and self.max_iter >= 1):
+            raise InputError(f"max_iter must be None or a positive int; received {describe(self.max_iter)}")
         if not (isinstance(self.tol, (int, float)) and self.tol > 0):
             raise InputError(f"tol must be a positive number; received {describe(self.tol)}")
 
@@ -638,10 +789,8 @@ class EntropyBalancer:
             if li.shape[-1] != op.p or (li.ndim == 2 and li.shape[0] != op.B):
                 raise InputError(f"lambda_init must have shape [{op.p}] or [{op.B}, {op.p}]; received {describe(lambda_init)}")
             lam0 = lam0 + li
-        smooth = bool((gamma == 0).all())
-        use_newton = self.solver == "newton" or (self.solver == "auto" and smooth)
-        if use_newton and not smooth:
-            raise InputError("solver='newton' needs gamma = 0 everywhere; received positive gamma entries")
+        use_newton = self.solver in ("auto", "newton")
+        max_iter = self.max_iter if self.max_iter is not None else (MAX_ITER_NEWTON if use_newton else MAX_ITER_FISTA)
         # lam = 0 is optimal where uniform weights already satisfy every tolerance
         w0 = torch.softmax(_with_offset(op, torch.zeros(op.B, op.m, dtype=self.dtype, device=dev)), -1)
         trivial = ((op.moments(w0).abs() - gamma) <= 1e-12 * (1 + gamma)).all(-1)
@@ -650,10 +799,8 @@ class EntropyBalancer:
         todo = torch.nonzero(~trivial).flatten()
         if todo.numel():
             sub = op.subset(todo)
-            if use_newton:
-                s = _newton(sub, lam0[todo], max_iter=self.max_iter, tol=self.tol)
-            else:
-                s = _fista(sub, gamma[todo], lam0[todo], max_iter=self.max_iter, tol=self.tol)
+            solve = _newton if use_newton else _fista
+            s = solve(sub, gamma[todo], lam0[todo], max_iter=max_iter, tol=self.tol)
             sol.lam[todo] = s.lam
             for k, i in enumerate(todo.tolist()):
                 sol.status[i] = s.status[k]

@@ -36,7 +36,7 @@ import torch
 
 from .activations import Activations, check_nodes, collect
 from .errors import InputError, describe
-from .mediation import AIETable, aie_many, pair_index
+from .mediation import AIETable, _aie_tables, pair_index
 from .models import adapt
 from .nodes import Node
 from .results import Result
@@ -276,8 +276,10 @@ def mediate(
         pairs = pair_index(m, K, seed)
     values = activations.select(nodes) if streamed else [activations[n] for n in nodes]
     common = dict(K=K, gamma=gamma, seed=seed, pairs=pairs, device=device, **aie_kwargs)
-    adj = aie_many(q, values, y, confounder, **common) if confounder is not None else None
-    unadj = aie_many(q, values, y, None, **common) if (unadjusted or adj is None) else None
+    wanted = ([confounder] if confounder is not None else []) + ([None] if (unadjusted or confounder is None) else [])
+    tables = _aie_tables(q, values, y, wanted, **common)  # one pass over the nodes for both estimators
+    adj = tables[0] if confounder is not None else None
+    unadj = tables[-1] if (unadjusted or confounder is None) else None
     for name, table in (("adjusted", adj), ("unadjusted", unadj)):
         if table is not None:
             _warn_if_degenerate(name, table)

@@ -36,8 +36,9 @@ class GammaRule:
             (their largest |mean| after randomly permuting the node's rows,
             median over ``n_perm`` permutations).
         n_perm: permutations for the noise level.
-        step_max_iter: iteration budget of each path point after the
-            first; a point that does not converge within it ends the path.
+        step_max_iter: Newton steps of each path point after the first
+            (warm-started, they usually take a few); a point that does not
+            converge within it ends the path.
     """
 
     ratio: float = 0.8
@@ -45,7 +46,7 @@ class GammaRule:
     pair_ess_floor: float = 0.1
     noise_floor: bool = True
     n_perm: int = 5
-    step_max_iter: int = 500
+    step_max_iter: int = 50
 
     def to_dict(self) -> dict:
         return {"rule": "pair_ess_floor+noise_floor", "ratio": self.ratio, "n_steps": self.n_steps,

@@ -65,6 +65,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .blocks import BLOCK_FLOATS, block_rows
 from .errors import InputError, describe
 from .gamma_rule import GammaRule, _prod_gamma, select_gamma, select_gamma_x
 from .pairs import _check_pairs, _Pairs, _stats_hajek, _stats_ht, pair_index
@@ -253,7 +254,7 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
              variant: str = "eq2", estimator: str = "hajek", weights: str = "eb", features: str = "squares",
              d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
              pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", chunk_size: int = 64,
-             dtype=torch.float32, tol: float | None = None, max_iter: int = 3000,
+             dtype=torch.float32, tol: float | None = None, max_iter: int | None = None,
              gamma_rule: GammaRule | None = None, device=None, augment="auto") -> AIETable:
     """AIE of every node, with the EB problems solved batched across nodes.
 
@@ -306,6 +307,9 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
             statistics stay on the CPU.
         tol: KKT tolerance of the solver, in correlation units (default ``1e-4``;
             the sampling noise of a correlation at m = 1000 is about 0.03).
+        max_iter: Newton steps of each entropy-balancing solve (None: the
+            solver's default, 200; path points after the first get
+            ``gamma_rule.step_max_iter``).
         gamma_rule: knobs of the ``"auto"`` rule.
         augment: add the outcome-model term of the augmented (doubly robust)
             estimator (:mod:`~.outcome_model`: a ridge regression of ``y`` on
@@ -315,6 +319,26 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
 
     Returns:
         :class:`AIETable`, one entry per node in input order.
+    """
+    return _aie_tables(query, nodes, outcome, [confounder], K=K, gamma=gamma, gamma_x=gamma_x, variant=variant,
+                       estimator=estimator, weights=weights, features=features, d_q=d_q, d_n=d_n,
+                       winsorize=winsorize, n_boot=n_boot, ci=ci, pairs=pairs, seed=seed,
+                       confounder_kind=confounder_kind, calibrate=calibrate, chunk_size=chunk_size, dtype=dtype,
+                       tol=tol, max_iter=max_iter, gamma_rule=gamma_rule, device=device, augment=augment,
+                       _stacklevel=4)[0]
+
+
+def _aie_tables(query, nodes, outcome, confounders: list, *, K: int = 200, gamma="auto", gamma_x="auto",
+                variant: str = "eq2", estimator: str = "hajek", weights: str = "eb", features: str = "squares",
+                d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
+                pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", chunk_size: int = 64,
+                dtype=torch.float32, tol: float | None = None, max_iter: int | None = None,
+                gamma_rule: GammaRule | None = None, device=None, augment="auto", _stacklevel: int = 3) -> list:
+    """:func:`aie_many` for several confounders at once (e.g. ``[topics, None]``: adjusted and unadjusted).
+
+    Every estimator shares the pairs, the bootstrap draws and one pass over the nodes: each chunk's
+    coordinates are computed (or streamed from a store) once and used by all of them. Returns one
+    :class:`AIETable` per entry of ``confounders``.
     """
     variant = _choice("variant", variant, VARIANTS)
     estimator = _choice("estimator", estimator, ESTIMATORS)
@@ -353,32 +377,88 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
     m = y.shape[0]
     qraw = _matrix("query", query, m)
     source = node_source(nodes, m)
-    x_np, _ = confounder_features(confounder, m, kind=confounder_kind)
-    adjusted = x_np is not None
-    kx = 0 if x_np is None else x_np.shape[1]
+    xs = [confounder_features(c, m, kind=confounder_kind)[0] for c in confounders]
     dq_eff = min(d_q, qraw.shape[1])
-    _check_size(m, dq_eff, min(d_n, max(source.widths)) + kx)
-    rule = gamma_rule or GammaRule()
-    tol = tol if tol is not None else 1e-4
-    squares = features == "squares"
+    kmax = max((0 if x is None else x.shape[1]) for x in xs)
+    _check_size(m, dq_eff, min(d_n, max(source.widths)) + kmax)
+    opts = _Options(variant=variant, estimator=estimator, weights=weights, squares=features == "squares",
+                    gamma=gamma, gamma_x=gamma_x, rule=gamma_rule or GammaRule(), tol=tol if tol is not None else 1e-4,
+                    max_iter=max_iter, seed=seed, device=device, winsorize=winsorize, calibrate=calibrate,
+                    augment=augment, dtype=dtype)
 
     q64 = _coords("query", qraw, d_q, seed)
     q = q64.to(dtype)
-    x = None if x_np is None else torch.from_numpy(x_np).to(dtype)
     J = _check_pairs(pairs, m) if pairs is not None else torch.from_numpy(pair_index(m, K, seed))
     counts = torch.from_numpy(np.random.default_rng([seed, 1]).multinomial(m, np.full(m, 1.0 / m), size=n_boot)
                               ).to(torch.float64)
     # HT terms vanish where y_i = 0, so only those prompts need pairs (linear time for rare binary labels)
     rows = torch.arange(m) if estimator == "hajek" else torch.nonzero(y != 0).flatten()
+    settings = [_setting(c, x, confounder_kind, q, q64, J, rows, opts, _stacklevel) for c, x in zip(confounders, xs)]
+    partners = partner_means(q64, J) if augment else None  # shared by every node's outcome model
 
-    # pi_x: one problem shared by every node
+    N = len(source.widths)
+    results = [[None] * N for _ in settings]
+    for chunk in _chunks(source.widths, d_n, chunk_size):
+        n64 = torch.cat([source.coords(run, d_n, seed) for run in _runs(chunk, source.widths, m)])
+        for st, res in zip(settings, results):
+            part = _estimate_chunk(st, n64, q, q64, y, J, counts, partners, opts)
+            for k, i in enumerate(chunk):
+                res[i] = {key: v[k] for key, v in part.items()}
+    return [_table(st, res, m, J, opts, n_boot, ci) for st, res in zip(settings, results)]
+
+
+# ----------------------------------------------------------------------------- estimator internals
+
+
+@dataclass(frozen=True)
+class _Options:
+    variant: str
+    estimator: str
+    weights: str
+    squares: bool
+    gamma: object
+    gamma_x: object
+    rule: GammaRule
+    tol: float
+    max_iter: int | None
+    seed: int
+    device: object
+    winsorize: float | None
+    calibrate: bool
+    augment: bool
+    dtype: torch.dtype
+
+
+@dataclass
+class _Setting:
+    """One estimator (a confounder, or None for the unadjusted one) and what its nodes share: ``pi_x`` and pairs."""
+
+    x: torch.Tensor | None  # confounder features [m, k] in the solver dtype
+    kx: int
+    log_f_q: torch.Tensor | None  # parametric weights: log f(q_i)
+    lam_x: torch.Tensor | None  # pi_x's dual (warm start of the node models)
+    gx: float  # pi_x's product tolerance
+    log_pi_x: torch.Tensor  # [m] float64
+    all_pairs: _Pairs
+    est_pairs: _Pairs
+    diag_x: tuple  # gamma_x, ess_x, imbalance_x, status_x
+
+    @property
+    def adjusted(self) -> bool:
+        return self.x is not None
+
+
+def _setting(confounder, x_np, kind, q, q64, J, rows, opts: _Options, stacklevel: int) -> _Setting:
+    """Fit ``pi_x`` (when adjusted) and the pair structures every node of this estimator shares."""
+    m = q.shape[0]
+    x = None if x_np is None else torch.from_numpy(x_np).to(opts.dtype)
     log_f_q, lam_x, gx = None, None, 0.0
     log_pi_x = torch.zeros(m, dtype=torch.float64)
     dx_all = torch.zeros(m, J.shape[1], dtype=torch.float64)
     diag_x = (float("nan"), float("nan"), float("nan"), "none")
-    if adjusted:
-        xmodel, log_f_q = _fit_x(q, x, confounder, confounder_kind, weights, gamma_x, rule, squares, tol, max_iter,
-                                 seed, device)
+    if x is not None:
+        xmodel, log_f_q = _fit_x(q, x, confounder, kind, opts.weights, opts.gamma_x, opts.rule, opts.squares,
+                                 opts.tol, opts.max_iter, opts.seed, opts.device)
         log_pi_x = xmodel.log_pi[0].to(torch.float64)
         block = max(1, _Pairs.BLOCK_FLOATS // (J.shape[1] * q64.shape[1]))  # bounded temporaries for large m
         dx_all = torch.cat([xmodel.log_ratio(q64, J, r).double()[0] for r in torch.arange(m).split(block)])
@@ -387,52 +467,61 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         diag_x = (gx, float(xmodel.ess[0]), float(xmodel.imbalance[0]), xmodel.status[0])
         if xmodel.status[0] == "converged" and float(xmodel.ess[0]) < 0.1 * m:
             warnings.warn(f"the confounder model pi_x has ESS {float(xmodel.ess[0]):.0f} of {m} prompts: the topics "
-                          "barely overlap in query space, so the adjusted AIE rests on extrapolation", stacklevel=2)
+                          "barely overlap in query space, so the adjusted AIE rests on extrapolation",
+                          stacklevel=stacklevel)
     all_pairs = _Pairs(q64, J, log_pi_x, dx_all, torch.arange(m))
     est_pairs = all_pairs if len(rows) == m else _Pairs(q64, J, log_pi_x, dx_all, rows)
+    return _Setting(x, 0 if x is None else x.shape[1], log_f_q, lam_x, gx, log_pi_x, all_pairs, est_pairs, diag_x)
 
-    partners = partner_means(q64, J) if augment else None  # shared by every node's outcome model
+
+def _estimate_chunk(st: _Setting, n64, q, q64, y, J, counts, partners, opts: _Options) -> dict:
+    """Weights, AIE, bootstrap and diagnostics of a chunk of nodes (coordinates ``n64`` [B, m, d]) for one estimator."""
+    n = n64.to(opts.dtype)
+    B = n.shape[0]
+    x = st.x
+    z = torch.cat([n, x.expand(B, -1, -1)], -1) if st.adjusted else n
+    gmax = gamma_max_products(q, n)
+    noise = torch.full((B,), float("nan"), dtype=opts.dtype)
+    if opts.weights == "parametric":
+        model = fit_gaussian(q, z, log_f_q=None if st.log_f_q is None else st.log_f_q.to(opts.dtype),
+                             squares=opts.squares)
+    elif opts.gamma == "auto":
+        model, info = select_gamma(q, n, x, st.gx, st.all_pairs, opts.rule, squares=opts.squares, tol=opts.tol,
+                                   max_iter=opts.max_iter, seed=opts.seed, lambda_x=st.lam_x, device=opts.device)
+        noise = info["gamma_noise"]
+    else:
+        g = _prod_gamma(torch.full((B,), float(opts.gamma), dtype=opts.dtype), n.shape[2], st.kx, st.gx)
+        model = fit_eb(q, z, g, squares=opts.squares, tol=opts.tol, max_iter=opts.max_iter, device=opts.device)
+    pess = st.all_pairs.pair_ess(model)
+    bad = torch.tensor([s == "infeasible" for s in model.status]) | torch.tensor(st.diag_x[3] == "infeasible")
+    if opts.estimator == "hajek":
+        logW, share = st.all_pairs.hajek_totals(model, opts.winsorize)
+        value = torch.full((B,), float("nan"), dtype=torch.float64)
+        boot = torch.full((B, counts.shape[0]), float("nan"), dtype=torch.float64)
+        ok = torch.nonzero(~bad).flatten()  # infeasible weights give no estimate: nothing more to compute for them
+        aug = fit_outcome(q64, n64[ok], x, y, J, partners=partners) if opts.augment and ok.numel() else None
+        h = 2 * q64.shape[1] + 2 * n64.shape[2] + st.kx
+        step = block_rows(q64.shape[0] * h, 2 * BLOCK_FLOATS)  # the calibration features are [nodes, m, h]
+        for s in range(0, ok.numel(), step):
+            sub = ok[s:s + step]
+            calib = _additive_features(q64, n64[sub], x) if opts.calibrate else None
+            a = None if aug is None else (aug[0][s:s + step], aug[1][s:s + step])
+            value[sub], boot[sub] = _stats_hajek(logW[sub], st.log_pi_x, y, counts, calib, a)
+    else:
+        row_mean, share = st.est_pairs.ht_row_means(model, y, opts.variant, opts.winsorize)
+        value, boot = _stats_ht(row_mean, counts)
+    value[bad] = float("nan")
+    out = {"value": value, "boot": boot, "winsorized": share, "gamma": model.gamma, "ess": model.ess,
+           "imbalance": model.imbalance, "pair_ess": pess, "gamma_max": gmax, "gamma_noise": noise}
+    out = {k: v.detach().to(torch.float64).cpu() for k, v in out.items()}
+    out["status"] = list(model.status)
+    return out
+
+
+def _table(st: _Setting, res: list, m: int, J, opts: _Options, n_boot: int, ci: float) -> AIETable:
+    """Assemble the per-node results (in input order) into an :class:`AIETable`."""
     keys = ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "pair_ess", "gamma_max", "gamma_noise")
-    out = {k: [] for k in keys + ("status",)}
-    for chunk in _chunks(source.widths, chunk_size):
-        n64 = source.coords(chunk, d_n, seed)
-        n = n64.to(dtype)
-        B = len(chunk)
-        z = torch.cat([n, x.expand(B, -1, -1)], -1) if adjusted else n
-        gmax = gamma_max_products(q, n)
-        noise = torch.full((B,), float("nan"), dtype=dtype)
-        if weights == "parametric":
-            model = fit_gaussian(q, z, log_f_q=None if log_f_q is None else log_f_q.to(dtype), squares=squares)
-        elif gamma == "auto":
-            model, info = select_gamma(q, n, x, gx, all_pairs, rule, squares=squares, tol=tol, max_iter=max_iter,
-                                       seed=seed, lambda_x=lam_x, device=device)
-            noise = info["gamma_noise"]
-        else:
-            g = _prod_gamma(torch.full((B,), float(gamma), dtype=dtype), n.shape[2], kx, gx)
-            model = fit_eb(q, z, g, squares=squares, tol=tol, max_iter=max_iter, device=device)
-        pess = all_pairs.pair_ess(model)
-        if estimator == "hajek":
-            logW, share = all_pairs.hajek_totals(model, winsorize)
-            aug = fit_outcome(q64, n64, x, y, J, partners=partners) if augment else None
-            parts = []  # a few nodes at a time: the calibration features are [nodes, m, 2 d_q + 2 d_n + k]
-            for s in range(0, B, 4):
-                sl = slice(s, min(B, s + 4))
-                calib = _additive_features(q64, n64[sl], x) if calibrate else None
-                parts.append(_stats_hajek(logW[sl], log_pi_x, y, counts, calib,
-                                          None if aug is None else (aug[0][sl], aug[1][sl])))
-            value, boot = torch.cat([v for v, _ in parts]), torch.cat([b for _, b in parts])
-        else:
-            row_mean, share = est_pairs.ht_row_means(model, y, variant, winsorize)
-            value, boot = _stats_ht(row_mean, counts)
-        bad = torch.tensor([s == "infeasible" for s in model.status]) | torch.tensor(diag_x[3] == "infeasible")
-        value[bad] = float("nan")
-        for k, v in (("value", value), ("boot", boot), ("winsorized", share), ("gamma", model.gamma),
-                     ("ess", model.ess), ("imbalance", model.imbalance), ("pair_ess", pess), ("gamma_max", gmax),
-                     ("gamma_noise", noise)):
-            out[k].append(v.detach().to(torch.float64).cpu())
-        out["status"] += list(model.status)
-    cat = {k: torch.cat(out[k]).numpy() for k in keys}
-
+    cat = {k: torch.stack([r[k] for r in res]).numpy() for k in keys}
     value = cat["value"]
     boot = cat["boot"] if n_boot else np.zeros((len(value), 0))
     alpha = (1 - ci) / 2
@@ -442,21 +531,23 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         lo = hi = se = np.full(len(value), np.nan)
     nan_rows = np.isnan(value)
     lo, hi, se = (np.where(nan_rows, np.nan, a) for a in (lo, hi, se))
+    gx, ess_x, imb_x, status_x = st.diag_x
     return AIETable(
         value=value, ci_low=lo, ci_high=hi, se=se, gamma=cat["gamma"], ess=cat["ess"], pair_ess=cat["pair_ess"],
-        imbalance=cat["imbalance"], status=out["status"], winsorized=cat["winsorized"],
+        imbalance=cat["imbalance"], status=[r["status"] for r in res], winsorized=cat["winsorized"],
         gamma_max=cat["gamma_max"], gamma_noise=cat["gamma_noise"], boot=boot,
-        gamma_x=diag_x[0], ess_x=diag_x[1], imbalance_x=diag_x[2], status_x=diag_x[3],
-        n=m, K=int(J.shape[1]), variant=variant, estimator=estimator, weights=weights, features=features,
-        adjusted=adjusted, winsorize=float(winsorize or 0.0), calibrated=bool(calibrate), augmented=bool(augment),
-        gamma_rule=rule.to_dict() if "auto" in (gamma, gamma_x) else {})
+        gamma_x=gx, ess_x=ess_x, imbalance_x=imb_x, status_x=status_x,
+        n=m, K=int(J.shape[1]), variant=opts.variant, estimator=opts.estimator, weights=opts.weights,
+        features="squares" if opts.squares else "paper", adjusted=st.adjusted, winsorize=float(opts.winsorize or 0.0),
+        calibrated=bool(opts.calibrate), augmented=bool(opts.augment),
+        gamma_rule=opts.rule.to_dict() if "auto" in (opts.gamma, opts.gamma_x) else {})
 
 
 def aie(query, node, outcome, confounder=None, *, K: int = 200, gamma="auto", gamma_x="auto",
         variant: str = "eq2", estimator: str = "hajek", weights: str = "eb", features: str = "squares",
         d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
         pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", dtype=torch.float64,
-        tol: float | None = None, max_iter: int = 3000, gamma_rule: GammaRule | None = None,
+        tol: float | None = None, max_iter: int | None = None, gamma_rule: GammaRule | None = None,
         device=None, augment="auto") -> AIEResult:
     """AIE of one node (:func:`aie_many` on ``[node]``, solved in float64 by default).
 
@@ -488,16 +579,34 @@ def aie(query, node, outcome, confounder=None, *, K: int = 200, gamma="auto", ga
 # ----------------------------------------------------------------------------- helpers
 
 
-def _chunks(widths, size):
-    """Consecutive runs of at most ``size`` nodes with equal width (so they stack)."""
+def _chunks(widths, d_n: int, size: int):
+    """Chunks of at most ``size`` node indices whose coordinates have equal width ``min(d_n, width)``.
+
+    Nodes are taken in order of (coordinate width, width), so nodes of every kind share full chunks
+    (e.g. 64-wide heads next to 576-wide MLP outputs, both reduced to ``d_n``); results are put back in
+    input order by the caller.
+    """
+    order = sorted(range(len(widths)), key=lambda i: (min(d_n, widths[i]), widths[i]))
     run = []
-    for i, w in enumerate(widths):
-        if run and (len(run) == size or widths[run[0]] != w):
+    for i in order:
+        if run and (len(run) == size or min(d_n, widths[run[0]]) != min(d_n, widths[i])):
             yield run
             run = []
         run.append(i)
     if run:
         yield run
+
+
+def _runs(chunk, widths, m: int):
+    """Consecutive runs of equal width within a chunk (their activations stack for the PCA), each small enough
+    that the stacked ``[run, m, width]`` activations stay a small temporary (:mod:`~.blocks`)."""
+    out = []
+    for i in chunk:
+        if out and widths[out[-1][0]] == widths[i] and len(out[-1]) < block_rows(m * widths[i], 2 * BLOCK_FLOATS):
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def _additive_features(q64, n64, x):

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .balancing import EntropyBalancer
+from .blocks import BLOCK_FLOATS, block_rows
 from .errors import InputError, describe
 
 __all__ = ["pair_index"]
@@ -101,7 +102,7 @@ class _Pairs:
     there is a single block.
     """
 
-    BLOCK_FLOATS = 2 ** 23
+    BLOCK_FLOATS = BLOCK_FLOATS
 
     def __init__(self, q64, J, log_pi_x, dx_all, rows, sub: int = 8):
         self.q64, self.J, self.rows, self.sub = q64, J, rows, sub
@@ -109,7 +110,7 @@ class _Pairs:
         self.lp = log_pi_x
         self.dx_all = dx_all
         K, d_q = J.shape[1], q64.shape[1]
-        self.block = max(1, self.BLOCK_FLOATS // (K * max(d_q, sub)))
+        self.block = block_rows(K * max(d_q, sub), self.BLOCK_FLOATS)
 
     def _blocks(self, whole: bool = False):
         """Row blocks: (block's position in ``rows``, the rows, their dq ``[b, K, d_q]``, their dx ``[b, K]``)."""

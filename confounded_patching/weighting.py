@@ -115,7 +115,7 @@ def _squares(q: torch.Tensor) -> torch.Tensor:
     return s - s.mean(0, keepdim=True)
 
 
-def fit_eb(q, z, gamma, *, squares=True, gamma_marginal=0.0, tol=1e-6, max_iter=3000, lambda_init=None, device=None):
+def fit_eb(q, z, gamma, *, squares=True, gamma_marginal=0.0, tol=1e-6, max_iter=None, lambda_init=None, device=None):
     """Entropy-balancing ratio models for ``B`` problems sharing ``q``.
 
     Args:

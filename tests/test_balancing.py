@@ -346,10 +346,10 @@ def test_verify_rechecks_a_float32_solve_in_float64_on_the_cpu():
 def test_verify_downgrades_a_solve_whose_float64_kkt_conditions_fail(monkeypatch):
     import confounded_patching.balancing as bal
 
-    def sloppy(op, gamma, lam, *, max_iter, tol, check_every=10):  # claims convergence at its starting point
+    def sloppy(op, gamma, lam, *, max_iter, tol, **_):  # claims convergence at its starting point
         return bal._Solution(lam.clone(), ["converged"] * lam.shape[0], torch.ones(lam.shape[0], dtype=torch.long))
 
-    monkeypatch.setattr(bal, "_fista", sloppy)
+    monkeypatch.setattr(bal, "_newton", sloppy)
     q, zs, gam = _batch()
     trusted = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=False).fit_factored(q, zs)
     checked = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=True).fit_factored(q, zs)
