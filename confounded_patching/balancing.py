@@ -200,12 +200,17 @@ class _Dense:
     def dense(self, idx=None):
         return self.G if idx is None else self.G[idx]
 
-    def rows(self, idx):  # the columns G[b][:, idx[b]] as rows: [B, a, m]; index p gives zeros
-        cols = torch.gather(self.G, 2, idx.clamp(max=self.p - 1).unsqueeze(1).expand(-1, self.m, -1))
-        return (cols * (idx < self.p).unsqueeze(1)).transpose(1, 2)
+    def rows(self, idx):  # the columns G[b][:, idx[b]] as rows: [B, a, m] (a new tensor); index p gives zeros
+        if getattr(self, "_rows", None) is None:  # G^T with a zero row appended, built once
+            zero = torch.zeros(self.B, 1, self.m, dtype=self.G.dtype, device=self.G.device)
+            self._rows = torch.cat([self.G.transpose(1, 2), zero], 1)
+        return self._rows[torch.arange(self.B, device=idx.device)[:, None], idx]
 
     def subset(self, idx):
-        return _Dense(self.G[idx], None if self.offset is None else self.offset[idx])
+        out = _Dense(self.G[idx], None if self.offset is None else self.offset[idx])
+        if getattr(self, "_rows", None) is not None:
+            out._rows = self._rows[idx]
+        return out
 
     def to(self, device, dtype):
         return _Dense(self.G.to(device, dtype), None if self.offset is None else self.offset.to(device, dtype))
@@ -305,7 +310,7 @@ class _Factored:
         lo, hi, left, right = self._factors()
         b = torch.arange(self.B, device=idx.device)[:, None]
         lrows = left[lo[idx]] if self.shared else left[b, lo[idx]]
-        return lrows * right[b, hi[idx]]
+        return lrows.mul_(right[b, hi[idx]])
 
     def dense(self, idx=None):
         z = self.z if idx is None else self.z[idx]
@@ -482,17 +487,6 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
     return _Solution(out, status, n_iter)
 
 
-def _sparse_scores(op, v):
-    """``op.scores(v)`` [B, m] for a ``v`` [B, p] with few nonzero entries per row (only those columns are read)."""
-    nnz = v != 0
-    a = int(nnz.sum(-1).max())
-    if a == 0:
-        return torch.zeros(v.shape[0], op.m, dtype=v.dtype, device=v.device)
-    order = torch.argsort((~nnz).to(torch.int8), dim=-1, stable=True)[:, :a]
-    vals = torch.gather(v, 1, order) * torch.gather(nnz, 1, order)
-    return -torch.bmm(vals.unsqueeze(1), op.rows(order)).squeeze(1)
-
-
 def _hessian(op, idx, valid, w, mu):
     """``Cov_w`` of the columns ``idx`` [B, a] of ``G`` (padding where not ``valid``): [B, a, a].
 
@@ -507,13 +501,13 @@ def _hessian(op, idx, valid, w, mu):
         sl = slice(s, min(B, s + step))
         sub = op if (sl.start == 0 and sl.stop == B) else op.subset(torch.arange(sl.start, sl.stop, device=idx.device))
         R = sub.rows(idx[sl])
-        R = (R - (torch.gather(mu[sl], 1, idx[sl].clamp(max=op.p - 1)) * valid[sl]).unsqueeze(-1)) \
-            * w[sl].sqrt().unsqueeze(1)
+        R.sub_((torch.gather(mu[sl], 1, idx[sl].clamp(max=op.p - 1)) * valid[sl]).unsqueeze(-1))
+        R.mul_(w[sl].sqrt().unsqueeze(1))
         out.append(torch.bmm(R, R.transpose(1, 2)))
     return torch.cat(out)
 
 
-def _newton(op, gamma, lam, *, max_iter, tol, trust=50.0):
+def _newton(op, gamma, lam, *, max_iter, tol, trust=30.0):
     """Batched working-set Newton on the dual, for exact (gamma = 0) and approximate (gamma > 0) balance.
 
     Each step, per problem: weights ``w = softmax(-G lam)``, gradient ``-G^T w``; stop where the KKT
@@ -590,19 +584,28 @@ def _newton(op, gamma, lam, *, max_iter, tol, trust=50.0):
             keep = torch.nonzero(~stop).flatten()
             active, cur = active[keep], cur.subset(keep)
             g_act, free, x, logw, pg, sigma, d, ds = (t[keep] for t in (g_act, free, x, logw, pg, sigma, d, ds))
-        # backtracking on F = f + sum gamma |lam|, projecting components that cross zero
+        # backtracking on F = f + sum gamma |lam|, projecting components that cross zero; the scores of a
+        # projected step are t ds minus the zeroed components' part, from the rows of the columns that can cross
         t = torch.ones(x.shape[0], dtype=dt, device=x.device)
         pending = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         new = x.clone()
+        can = ~free & (x * d < 0) & (d.abs() >= x.abs())  # crosses zero at some t <= 1
+        c = int(can.sum(-1).max())
+        if c:
+            corder = torch.argsort((~can).to(torch.int8), dim=-1, stable=True)[:, :c]
+            cvalid = torch.gather(can, 1, corder)
+            crows = cur.rows(torch.where(cvalid, corder, torch.full_like(corder, p)))  # [B, c, m]
+            xc, dcc, sc = (torch.gather(v, 1, corder) for v in (x, d, sigma))
         for _ in range(50):
             cand = x + t[:, None] * d
             cross = ~free & (torch.sign(cand) * sigma < 0)
             cand = torch.where(cross, torch.zeros_like(cand), cand)
             step = cand - x
-            proj = cross.any(-1)
             dsc = t[:, None] * ds
-            if bool((proj & pending).any()):  # scores of the projected step: t ds minus the zeroed components' part
-                dsc = dsc - _sparse_scores(cur, torch.where(cross, x + t[:, None] * d, torch.zeros_like(d)))
+            if c:
+                vc = xc + t[:, None] * dcc
+                vc = torch.where(cvalid & (torch.sign(vc) * sc < 0), vc, torch.zeros_like(vc))
+                dsc = dsc + torch.bmm(vc.unsqueeze(1), crows).squeeze(1)
             dF = _decrease(logw, dsc) + (g_act * (cand.abs() - x.abs())).sum(-1)
             ok = pending & (dF <= 1e-4 * (pg * step).sum(-1))
             new[ok] = cand[ok]

@@ -70,7 +70,7 @@ from .errors import InputError, describe
 from .gamma_rule import GammaRule, _prod_gamma, select_gamma, select_gamma_x
 from .pairs import _check_pairs, _Pairs, _stats_hajek, _stats_ht, pair_index
 from .coords import _coords, _matrix, node_source
-from .outcome_model import fit_outcome, partner_means
+from .outcome_model import fit_outcomes, partner_means
 from .devices import resolve_device
 from .results import Result
 from .topics import _standardize, confounder_features
@@ -400,8 +400,8 @@ def _aie_tables(query, nodes, outcome, confounders: list, *, K: int = 200, gamma
     results = [[None] * N for _ in settings]
     for chunk in _chunks(source.widths, d_n, chunk_size):
         n64 = torch.cat([source.coords(run, d_n, seed) for run in _runs(chunk, source.widths, m)])
-        for st, res in zip(settings, results):
-            part = _estimate_chunk(st, n64, q, q64, y, J, counts, partners, opts)
+        parts = _estimate_chunk(settings, n64, q, q64, y, J, counts, partners, opts)
+        for part, res in zip(parts, results):
             for k, i in enumerate(chunk):
                 res[i] = {key: v[k] for key, v in part.items()}
     return [_table(st, res, m, J, opts, n_boot, ci) for st, res in zip(settings, results)]
@@ -460,8 +460,8 @@ def _setting(confounder, x_np, kind, q, q64, J, rows, opts: _Options, stacklevel
         xmodel, log_f_q = _fit_x(q, x, confounder, kind, opts.weights, opts.gamma_x, opts.rule, opts.squares,
                                  opts.tol, opts.max_iter, opts.seed, opts.device)
         log_pi_x = xmodel.log_pi[0].to(torch.float64)
-        block = max(1, _Pairs.BLOCK_FLOATS // (J.shape[1] * q64.shape[1]))  # bounded temporaries for large m
-        dx_all = torch.cat([xmodel.log_ratio(q64, J, r).double()[0] for r in torch.arange(m).split(block)])
+        block = block_rows(J.shape[1] * q64.shape[1], _Pairs.BLOCK_FLOATS)  # bounded temporaries for large m
+        dx_all = torch.cat([xmodel.log_ratio(q64, J, r).double()[..., 0] for r in torch.arange(m).split(block)])
         gx = float(xmodel.gamma[0])
         lam_x = xmodel.lam[0] if getattr(xmodel, "lam", None) is not None else None
         diag_x = (gx, float(xmodel.ess[0]), float(xmodel.imbalance[0]), xmodel.status[0])
@@ -474,8 +474,35 @@ def _setting(confounder, x_np, kind, q, q64, J, rows, opts: _Options, stacklevel
     return _Setting(x, 0 if x is None else x.shape[1], log_f_q, lam_x, gx, log_pi_x, all_pairs, est_pairs, diag_x)
 
 
-def _estimate_chunk(st: _Setting, n64, q, q64, y, J, counts, partners, opts: _Options) -> dict:
-    """Weights, AIE, bootstrap and diagnostics of a chunk of nodes (coordinates ``n64`` [B, m, d]) for one estimator."""
+def _estimate_chunk(settings: list, n64, q, q64, y, J, counts, partners, opts: _Options) -> list:
+    """Weights, AIE, bootstrap and diagnostics of a chunk of nodes (coordinates ``n64`` [B, m, d]), per estimator.
+
+    The estimators' weight models are fitted one after the other; their outcome models together (the
+    unadjusted one shares the adjusted one's factorization, :func:`~.outcome_model.fit_outcomes`).
+    """
+    fitted = [_weights(st, n64, q, opts) for st in settings]
+    fits = [None] * len(settings)
+    if opts.estimator == "hajek" and opts.augment:
+        # infeasible weights give no estimate: each node's outcome models are fitted for the estimators
+        # that need them, together (nodes grouped by that set of estimators)
+        need = torch.stack([~bad for _, _, _, bad in fitted], 1)  # [B, settings]
+        B = n64.shape[0]
+        fits = [(torch.zeros(B, y.shape[0], dtype=torch.float64), torch.zeros(B, y.shape[0], dtype=torch.float64))
+                for _ in settings]
+        for key in {tuple(r) for r in need.tolist()}:
+            which = [i for i, v in enumerate(key) if v]
+            nodes = torch.nonzero((need == torch.tensor(key)).all(1)).flatten()
+            if not which:
+                continue
+            for i, (h, P) in zip(which, fit_outcomes(q64, n64[nodes], [settings[i].x for i in which], y, J,
+                                                     partners=partners)):
+                fits[i][0][nodes], fits[i][1][nodes] = h, P
+    return [_statistics(st, model, info, bad, n64, q, q64, y, counts, opts, fit)
+            for st, (model, info, _, bad), fit in zip(settings, fitted, fits)]
+
+
+def _weights(st: _Setting, n64, q, opts: _Options):
+    """The chunk's weight models for one estimator: (model, per-node diagnostics, gamma_max, infeasible mask)."""
     n = n64.to(opts.dtype)
     B = n.shape[0]
     x = st.x
@@ -492,27 +519,33 @@ def _estimate_chunk(st: _Setting, n64, q, q64, y, J, counts, partners, opts: _Op
     else:
         g = _prod_gamma(torch.full((B,), float(opts.gamma), dtype=opts.dtype), n.shape[2], st.kx, st.gx)
         model = fit_eb(q, z, g, squares=opts.squares, tol=opts.tol, max_iter=opts.max_iter, device=opts.device)
-    pess = st.all_pairs.pair_ess(model)
     bad = torch.tensor([s == "infeasible" for s in model.status]) | torch.tensor(st.diag_x[3] == "infeasible")
+    return model, {"gamma_max": gmax, "gamma_noise": noise}, gmax, bad
+
+
+def _statistics(st: _Setting, model, info, bad, n64, q, q64, y, counts, opts: _Options, fit) -> dict:
+    """AIE, bootstrap and diagnostics of one estimator's chunk; ``fit`` = the outcome model's (h, P) [B, m] or None."""
+    B = n64.shape[0]
+    x = st.x
+    pess = st.all_pairs.pair_ess(model)
     if opts.estimator == "hajek":
         logW, share = st.all_pairs.hajek_totals(model, opts.winsorize)
         value = torch.full((B,), float("nan"), dtype=torch.float64)
         boot = torch.full((B, counts.shape[0]), float("nan"), dtype=torch.float64)
-        ok = torch.nonzero(~bad).flatten()  # infeasible weights give no estimate: nothing more to compute for them
-        aug = fit_outcome(q64, n64[ok], x, y, J, partners=partners) if opts.augment and ok.numel() else None
+        ok = torch.nonzero(~bad).flatten()
         h = 2 * q64.shape[1] + 2 * n64.shape[2] + st.kx
         step = block_rows(q64.shape[0] * h, 2 * BLOCK_FLOATS)  # the calibration features are [nodes, m, h]
         for s in range(0, ok.numel(), step):
             sub = ok[s:s + step]
             calib = _additive_features(q64, n64[sub], x) if opts.calibrate else None
-            a = None if aug is None else (aug[0][s:s + step], aug[1][s:s + step])
-            value[sub], boot[sub] = _stats_hajek(logW[sub], st.log_pi_x, y, counts, calib, a)
+            aug = None if fit is None else (fit[0][sub], fit[1][sub])
+            value[sub], boot[sub] = _stats_hajek(logW[sub], st.log_pi_x, y, counts, calib, aug)
     else:
         row_mean, share = st.est_pairs.ht_row_means(model, y, opts.variant, opts.winsorize)
         value, boot = _stats_ht(row_mean, counts)
     value[bad] = float("nan")
     out = {"value": value, "boot": boot, "winsorized": share, "gamma": model.gamma, "ess": model.ess,
-           "imbalance": model.imbalance, "pair_ess": pess, "gamma_max": gmax, "gamma_noise": noise}
+           "imbalance": model.imbalance, "pair_ess": pess, **info}
     out = {k: v.detach().to(torch.float64).cpu() for k, v in out.items()}
     out["status"] = list(model.status)
     return out

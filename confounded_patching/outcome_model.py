@@ -45,48 +45,56 @@ import torch
 
 from .blocks import BLOCK_FLOATS, block_rows
 
-__all__ = ["ALPHA", "fit_outcome", "partner_means"]
+__all__ = ["ALPHA", "fit_outcome", "fit_outcomes", "partner_means"]
 
-ALPHA = 0.01  # ridge penalty of the product columns, in units of their mean centred sum of squares
+ALPHA = 0.01  # ridge penalty of the product columns, in units of the q outer n columns' mean centred sum of squares
 
 
 def _features(q, q2, n, x):
-    """``[q, q^2, n, n^2, x, q outer n, q outer x]``: [B, m, p] from q, q2 [m, d_q], n [B, m, d_n], x [m, k].
+    """``[q, q^2, n, n^2, q outer n]``, then with ``x`` ``[x, q outer x]``: [B, m, p].
 
-    ``q`` and ``q2`` may be per-prompt averages over partners (then ``q2`` is the mean of the squares).
+    From q, q2 [m, d_q], n [B, m, d_n], x [m, k] or None. The unadjusted model's columns come first, so
+    its Gram matrix (and Cholesky factor) is the leading block of the adjusted model's. ``q`` and ``q2``
+    may be per-prompt averages over partners (then ``q2`` is the mean of the squares).
     """
     B, m, _ = n.shape
-    parts = [q.expand(B, -1, -1), q2.expand(B, -1, -1), n, n * n]
-    prods = [(q[None, :, :, None] * n[:, :, None, :]).reshape(B, m, -1)]
+    parts = [q.expand(B, -1, -1), q2.expand(B, -1, -1), n, n * n, (q[None, :, :, None] * n[:, :, None, :]).reshape(B, m, -1)]
     if x is not None:
-        parts.append(x.expand(B, -1, -1))
-        prods.append((q[:, :, None] * x[:, None, :]).reshape(m, -1).expand(B, -1, -1))
-    return torch.cat(parts + prods, -1)
+        parts += [x.expand(B, -1, -1), (q[:, :, None] * x[:, None, :]).reshape(m, -1).expand(B, -1, -1)]
+    return torch.cat(parts, -1)
 
 
-def _ridge(F, y, free: int, alpha: float = ALPHA):
-    """Ridge of ``y`` [m] on the columns of ``F`` [B, m, p] with the first ``free`` columns unpenalized.
+def _penalized(d_q: int, d_n: int, k: int) -> tuple:
+    """Masks over the columns of :func:`_features`: (penalized = the products, the ``q outer n`` block)."""
+    parts = [(2 * d_q + 2 * d_n, False, False), (d_q * d_n, True, True), (k, False, False), (d_q * k, True, False)]
+    pen = torch.cat([torch.full((w,), v) for w, v, _ in parts])
+    qn = torch.cat([torch.full((w,), v) for w, _, v in parts])
+    return pen, qn
 
-    The intercept is free; the other columns get the penalty ``a = alpha x`` the mean diagonal of their
-    centred Gram matrix, the free ones ``1e-8 a`` (only so that exactly collinear columns stay solvable).
-    Solved by Cholesky in float64: ``(F_c^T F_c + diag(a_k)) beta = F_c^T y_c``. Returns the coefficients
-    [B, p], the intercept [B] and ``a`` [B].
+
+def _ridge(F, y, penalized, scale_cols, alpha: float = ALPHA, L=None):
+    """Ridge of ``y`` [m] on ``F`` [B, m, p]: the ``penalized`` columns get ``a``, the others ``1e-8 a``.
+
+    ``a = alpha x`` the mean centred sum of squares of the ``scale_cols`` columns (the ``q outer n``
+    block, common to the adjusted and unadjusted models); the tiny penalty of the other columns only
+    keeps exactly collinear columns solvable. The intercept is free. Solved by Cholesky in float64:
+    ``(F_c^T F_c + diag(pen)) beta = F_c^T y_c``. Returns (beta [B, p], intercept [B], a [B], the
+    Cholesky factor [B, p, p]); given a factor ``L`` (of the same system), only the solve is done
+    (and ``a`` is None).
     """
     F = F.double()
     y = y.double()
-    B, m, p = F.shape
     mu = F.mean(1, keepdim=True)
     Fc = F - mu
     yc = y - y.mean()
-    A = Fc.transpose(1, 2) @ Fc  # [B, p, p]
-    diag = torch.diagonal(A, dim1=1, dim2=2)
-    a = alpha * (diag[:, free:].mean(1) if free < p else diag.mean(1)).clamp_min(1e-300)
-    pen = torch.ones(p, dtype=A.dtype)
-    pen[:free] = 1e-8
-    L = torch.linalg.cholesky(A + torch.diag_embed(a[:, None] * pen))
+    a = None
+    if L is None:
+        A = Fc.transpose(1, 2) @ Fc  # [B, p, p]
+        a = alpha * torch.diagonal(A, dim1=1, dim2=2)[:, scale_cols].mean(1).clamp_min(1e-300)
+        pen = torch.where(penalized, 1.0, 1e-8).to(A.dtype)
+        L = torch.linalg.cholesky(A + torch.diag_embed(a[:, None] * pen))
     beta = torch.cholesky_solve(torch.einsum("bmp,m->bp", Fc, yc).unsqueeze(-1), L).squeeze(-1)
-    intercept = y.mean() - (mu[:, 0] * beta).sum(1)
-    return beta, intercept, a
+    return beta, y.mean() - (mu[:, 0] * beta).sum(1), a, L
 
 
 def partner_means(q64, J, *, block_floats: int = BLOCK_FLOATS):
@@ -115,31 +123,71 @@ def fit_outcome(q64, n64, x, y, J, *, partners=None, alpha: float = ALPHA, budge
             ``[B, m, d_n]``; x: confounder features ``[m, k]`` or None;
             y: outcome ``[m]``; J: partners ``[m, K]``.
         partners: :func:`partner_means` of ``(q64, J)``, if already computed.
-        alpha: ridge penalty in units of the mean eigenvalue (:data:`ALPHA`).
+        alpha: ridge penalty of the products (:data:`ALPHA`).
         budget: floats of the feature matrix per sub-batch of nodes.
+    """
+    return fit_outcomes(q64, n64, [x], y, J, partners=partners, alpha=alpha, budget=budget)[0]
+
+
+def fit_outcomes(q64, n64, xs, y, J, *, partners=None, alpha: float = ALPHA, budget: int = BLOCK_FLOATS):
+    """:func:`fit_outcome` for several confounders ``xs`` (``None``: unadjusted) on the same nodes: [(h, P), ...].
+
+    An unadjusted model shares the Gram matrix and Cholesky factor of an adjusted one (its columns are
+    their leading block; the penalty scale comes from the ``q outer n`` columns both have), so the
+    pair costs one factorization per node, not two.
     """
     q = q64.double()
     y = y.double()
-    x = None if x is None else x.double()
     B, m, d_n = n64.shape
-    d_q, k = q.shape[1], 0 if x is None else x.shape[1]
+    d_q = q.shape[1]
     q2 = q * q
     qb, q2b = partner_means(q, J) if partners is None else partners  # every feature is linear in q or q^2
-    free = 2 * d_q + 2 * d_n + k  # the additive columns [q, q^2, n, n^2, x], unpenalized
-    p = free + d_q * (d_n + k)  # the columns of _features
-    step = block_rows(m * p, budget)
-    h, P = [], []
+    xs = [None if x is None else x.double() for x in xs]
+    full = next((x for x in xs if x is not None), None)  # the confounder whose factorization is shared
+    k = 0 if full is None else full.shape[1]
+    p0 = 2 * d_q + 2 * d_n + d_q * d_n  # the unadjusted model's columns
+    step = block_rows(m * (p0 + k + d_q * k), budget)
+    out = [([], []) for _ in xs]
     for s in range(0, B, step):
         n = n64[s:s + step].double()
-        F = _features(q, q2, n, x)
-        beta, b0, _ = _ridge(F, y, free, alpha)
-        h.append(torch.einsum("bmp,bp->bm", F, beta) + b0[:, None])
-        # P - h: only the q-dependent columns change, to the partners' means (q outer n is linear in q)
-        bq, bq2 = beta[:, :d_q], beta[:, d_q:2 * d_q]
-        Bqn = beta[:, 2 * d_q + 2 * d_n + k:2 * d_q + 2 * d_n + k + d_q * d_n].reshape(-1, d_q, d_n)
-        slope = bq[:, None, :] + torch.einsum("bde,bme->bmd", Bqn, n)  # d h / d q at each prompt: [b, m, d_q]
-        if x is not None:
-            Bqx = beta[:, 2 * d_q + 2 * d_n + k + d_q * d_n:].reshape(-1, d_q, k)
-            slope = slope + torch.einsum("bdk,mk->bmd", Bqx, x)
-        P.append(h[-1] + ((qb - q)[None] * slope).sum(-1) + torch.einsum("md,bd->bm", q2b - q2, bq2))
-    return torch.cat(h), torch.cat(P)
+        F = _features(q, q2, n, full)
+        pen, qn = _penalized(d_q, d_n, k)
+        fits = {}
+
+        def fitted(key):  # each model once per sub-batch; the unadjusted one from the adjusted one's factor
+            if key not in fits:
+                if key == "base" and full is not None:
+                    L = fitted("full")[3]
+                    fits[key] = _ridge(F[:, :, :p0], y, pen[:p0], qn[:p0], alpha, L=L[:, :p0, :p0].contiguous())
+                else:
+                    fits[key] = _ridge(F, y, pen, qn, alpha)
+            return fits[key]
+
+        for i, x in enumerate(xs):
+            if x is None:
+                beta, b0 = fitted("base")[:2]
+                Fi, xi = F[:, :, :p0], None
+            elif x is full:
+                beta, b0 = fitted("full")[:2]
+                Fi, xi = F, x
+            else:  # another confounder: its own model
+                Fi, xi = _features(q, q2, n, x), x
+                pi, qi = _penalized(d_q, d_n, x.shape[1])
+                beta, b0 = _ridge(Fi, y, pi, qi, alpha)[:2]
+            h = torch.einsum("bmp,bp->bm", Fi, beta) + b0[:, None]
+            out[i][0].append(h)
+            out[i][1].append(h + _partner_shift(beta, n, xi, q, q2, qb, q2b))
+    return [(torch.cat(h), torch.cat(P)) for h, P in out]
+
+
+def _partner_shift(beta, n, x, q, q2, qb, q2b):
+    """``P - h``: only the q-dependent columns change, to the partners' means (``q outer n`` is linear in q)."""
+    d_q, d_n = q.shape[1], n.shape[2]
+    bq, bq2 = beta[:, :d_q], beta[:, d_q:2 * d_q]
+    o = 2 * d_q + 2 * d_n
+    slope = bq[:, None, :] + torch.einsum("bde,bme->bmd", beta[:, o:o + d_q * d_n].reshape(-1, d_q, d_n), n)
+    if x is not None:  # d h / d q at each prompt: [b, m, d_q]
+        k = x.shape[1]
+        Bqx = beta[:, o + d_q * d_n + k:].reshape(-1, d_q, k)
+        slope = slope + torch.einsum("bdk,mk->bmd", Bqx, x)
+    return ((qb - q)[None] * slope).sum(-1) + torch.einsum("md,bd->bm", q2b - q2, bq2)

@@ -94,12 +94,13 @@ _CAP = 700.0  # largest log-weight kept (float64 exp overflows near 709)
 class _Pairs:
     """The pairs ``(i, J[i, k])`` and everything about them shared by all nodes.
 
-    Node quantities are computed for sub-chunks of ``sub`` nodes and blocks
-    of prompts ``i`` at a time, and reduced at once to per-prompt totals, so
-    memory stays at about ``max(sub, d_q) * block * K`` floats (``block``
-    prompts, about ``2**23`` floats' worth) whatever the number of prompts
-    and nodes. Winsorizing needs every pair of a node at once, so with it
-    there is a single block.
+    Node quantities are computed for blocks of prompts ``i`` at a time, all
+    nodes of a chunk together, and reduced at once to per-prompt totals, so
+    memory stays at about ``max(B, d_q) * block * K`` floats (``block``
+    prompts, about :data:`~.blocks.BLOCK_FLOATS` floats' worth) whatever the
+    number of prompts and nodes. Winsorizing needs every pair of a node at
+    once, so with it there is a single block and the nodes are taken
+    ``sub`` at a time.
     """
 
     BLOCK_FLOATS = BLOCK_FLOATS
@@ -109,60 +110,63 @@ class _Pairs:
         self.m = q64.shape[0]
         self.lp = log_pi_x
         self.dx_all = dx_all
-        K, d_q = J.shape[1], q64.shape[1]
-        self.block = block_rows(K * max(d_q, sub), self.BLOCK_FLOATS)
 
-    def _blocks(self, whole: bool = False):
+    def _blocks(self, B: int, whole: bool = False):
         """Row blocks: (block's position in ``rows``, the rows, their dq ``[b, K, d_q]``, their dx ``[b, K]``)."""
         n = len(self.rows)
-        step = n if whole else self.block
+        K, d_q = self.J.shape[1], self.q64.shape[1]
+        step = n if whole else block_rows(K * max(d_q, B), self.BLOCK_FLOATS)
         for s in range(0, n, step):
             r = self.rows[s:s + step]
             yield slice(s, s + len(r)), r, self.q64[self.J[r]] - self.q64[r, None, :], self.dx_all[r]
 
     def _logw(self, model, nodes: slice, r, dq, dx):
-        dnx = model.log_ratio(self.q64, self.J, r, nodes=nodes, dq=dq).double()
-        return (self.lp[r][:, None] + dx - dnx).clamp(max=_CAP)  # log w_ij = log pi_x,i R_ij
+        """``log w_ij = log pi_x,i + log R^x_ij + log R^nx_ij`` for the block's prompts: [b, K, B'] (prompt-major)."""
+        logw = model.log_ratio(self.q64, self.J, r, nodes=nodes, dq=dq).double().neg_()
+        logw += (self.lp[r][:, None] + dx).unsqueeze(-1)
+        return logw.clamp_(max=_CAP)
 
     def _parts(self, B):
         return [slice(s, min(B, s + self.sub)) for s in range(0, B, self.sub)]
 
     def pair_ess(self, model) -> torch.Tensor:
         """Effective sample size of the pair weights ``w_ij`` as a share of ``m' K``: [B]."""
-        out = []
-        for sl in self._parts(model.a.shape[0]):
-            l1, l2 = [], []
-            for _, r, dq, dx in self._blocks():
-                logw = self._logw(model, sl, r, dq, dx).flatten(1)
-                l1.append(torch.logsumexp(logw, 1))
-                l2.append(torch.logsumexp(2 * logw, 1))
-            lse1, lse2 = torch.logsumexp(torch.stack(l1), 0), torch.logsumexp(torch.stack(l2), 0)
-            out.append(torch.exp(2 * lse1 - lse2) / (len(self.rows) * self.J.shape[1]))
-        return torch.cat(out)
+        B = model.a.shape[0]
+        lse1 = lse2 = torch.full((B,), -math.inf, dtype=torch.float64)
+        for _, r, dq, dx in self._blocks(B):
+            logw = self._logw(model, slice(None), r, dq, dx).flatten(0, 1)  # [b K, B]
+            top = logw.amax(0)
+            e = torch.exp(logw - top)
+            lse1 = torch.logaddexp(lse1, top + torch.log(e.sum(0)))
+            lse2 = torch.logaddexp(lse2, 2 * top + torch.log((e * e).sum(0)))
+        return torch.exp(2 * lse1 - lse2) / (len(self.rows) * self.J.shape[1])
 
     def hajek_totals(self, model, winsorize):
         """``log W_i = log sum_j w_ij`` per node [B, m'] (log-weights winsorized per node) and the clipped share."""
+        B = model.a.shape[0]
+        if not winsorize:
+            parts = [torch.logsumexp(self._logw(model, slice(None), r, dq, dx), 1) for _, r, dq, dx in self._blocks(B)]
+            return torch.cat(parts, 0).T.contiguous(), torch.zeros(B, dtype=torch.float64)
         logW, share = [], []
-        for sl in self._parts(model.a.shape[0]):
-            parts, shares = [], []
-            for _, r, dq, dx in self._blocks(whole=bool(winsorize)):
-                logw = self._logw(model, sl, r, dq, dx)
+        for sl in self._parts(B):
+            for _, r, dq, dx in self._blocks(B, whole=True):
+                logw = self._logw(model, sl, r, dq, dx).permute(2, 0, 1)
                 b, mr, K = logw.shape
                 logw, sh = _winsorize(logw.reshape(b, mr * K), winsorize)
-                parts.append(torch.logsumexp(logw.reshape(b, mr, K), -1))
-                shares.append(sh)
-            logW.append(torch.cat(parts, 1))
-            share.append(shares[0] if len(shares) == 1 else torch.zeros_like(shares[0]))
+                logW.append(torch.logsumexp(logw.reshape(b, mr, K), -1))
+                share.append(sh)
         return torch.cat(logW), torch.cat(share)
 
     def ht_row_means(self, model, y, variant, winsorize):
         """Per-prompt means over partners of the HT terms ``T_ij`` (winsorized per node): [B, m], share."""
+        B = model.a.shape[0]
+        parts = [slice(None)] if not winsorize else self._parts(B)
         rows_out, share = [], []
-        for sl in self._parts(model.a.shape[0]):
+        for sl in parts:
             full, shares = None, []
-            for _, r, dq, dx in self._blocks(whole=bool(winsorize)):
+            for _, r, dq, dx in self._blocks(B, whole=bool(winsorize)):
                 lp, yr = self.lp[r], y[r]
-                logw = self._logw(model, sl, r, dq, dx)
+                logw = self._logw(model, sl, r, dq, dx).permute(2, 0, 1)  # [b, m', K]
                 if variant == "eq2":  # pi_x,i (R^nx R^x - 1) y_i
                     T = (torch.exp(logw) - torch.exp(lp)[:, None]) * yr[:, None]
                 else:  # algorithm1: R^nx pi_x,i (R^x - 1) y_i

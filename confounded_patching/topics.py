@@ -139,8 +139,9 @@ def _pca_exact(t: torch.Tensor, d: int) -> torch.Tensor:
 
 def _pca_randomized(t: torch.Tensor, d: int, seed: int, n_iter: int) -> torch.Tensor:
     B, m, D = t.shape
-    U, S, V = randomized_svd(lambda W: t @ W, lambda Y: t.transpose(-1, -2) @ Y, D, d, seed=seed, n_iter=n_iter,
-                             dtype=t.dtype, device=t.device, project=lambda Q: Q.transpose(-1, -2) @ t)
+    U, S, V = randomized_svd(lambda W: t @ W, lambda Y: (Y.transpose(-1, -2) @ t).transpose(-1, -2), D, d,
+                             seed=seed, n_iter=n_iter, dtype=t.dtype, device=t.device,
+                             project=lambda Q: Q.transpose(-1, -2) @ t)
     return _fix_signs(U * S[..., None, :], V)
 
 

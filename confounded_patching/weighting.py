@@ -56,7 +56,7 @@ class RatioModel:
 
     def log_ratio(self, q: torch.Tensor, J: torch.Tensor, rows: torch.Tensor | None = None, *,
                   nodes: slice = slice(None), dq: torch.Tensor | None = None) -> torch.Tensor:
-        """``s(q_j, z_i) - s(q_i, z_i)`` for ``j = J[i, k]``: ``[B', m', K]``.
+        """``s(q_j, z_i) - s(q_i, z_i)`` for ``j = J[i, k]``: ``[m', K, B']`` (prompt-major).
 
         ``rows`` picks the prompts ``i`` (all by default), ``nodes`` the
         problems; ``dq = q[J[rows]] - q[rows, None]`` may be passed to share
@@ -64,13 +64,12 @@ class RatioModel:
         """
         rows = torch.arange(q.shape[0], device=q.device) if rows is None else rows
         Jr = J[rows]
-        a = self.a[nodes].to(q.dtype)
-        da = a[:, Jr] - a[:, rows, None]
+        aT = self.a[nodes].to(q.dtype).T  # [m, B']
         if dq is None:
             dq = q[Jr] - q[rows, None, :]  # [m', K, d_q]
         U = self.U[nodes][:, rows].to(q.dtype)  # [B', m', d_q]
-        cross = torch.bmm(dq, U.permute(1, 2, 0))  # [m', K, B']
-        return -(da + cross.permute(2, 0, 1))
+        out = torch.baddbmm(aT[Jr] - aT[rows, None, :], dq, U.permute(1, 2, 0))  # da + dq U: [m', K, B']
+        return out.neg_()
 
     def select(self, idx: torch.Tensor) -> "RatioModel":
         pick = lambda t: None if t is None else t[idx]  # noqa: E731
@@ -97,7 +96,7 @@ class TopicGaussian:
         Jr, t = J[rows], self.topic[rows]
         at_j = self.log_mix[Jr] - self.log_dens[Jr, t[:, None]]
         at_i = self.log_mix[rows] - self.log_dens[rows, t]
-        return (at_j - at_i[:, None]).unsqueeze(0)[nodes]
+        return (at_j - at_i[:, None]).unsqueeze(-1)[..., nodes]
 
 
 # ----------------------------------------------------------------------------- entropy balancing

@@ -19,7 +19,7 @@ import torch
 from confounded_patching import InputError
 from confounded_patching import simulate as S
 from confounded_patching.mediation import aie_many
-from confounded_patching.outcome_model import ALPHA, _features, _ridge, fit_outcome
+from confounded_patching.outcome_model import ALPHA, _features, _ridge, fit_outcome, fit_outcomes
 
 
 def _quiet(fn, *args, **kwargs):
@@ -33,16 +33,18 @@ def _reference_ridge(F, y, alpha):
     return np.linalg.solve(Fc.T @ Fc + alpha * np.eye(F.shape[1]), Fc.T @ yc)
 
 
-@pytest.mark.parametrize("m, p, free", [(120, 30, 6), (40, 90, 10), (200, 12, 0)])
-def test_ridge_equals_the_normal_equations_at_the_stated_penalty(m, p, free):
+@pytest.mark.parametrize("m, p, n_free", [(120, 30, 6), (40, 90, 10), (200, 12, 0)])
+def test_ridge_equals_the_normal_equations_at_the_stated_penalty(m, p, n_free):
     rng = np.random.default_rng(0)
     F = rng.normal(size=(2, m, p)) * rng.uniform(0.5, 2, size=p)
     y = F[0, :, :5] @ rng.normal(size=5) + rng.normal(size=m)
-    beta, b0, alpha = _ridge(torch.from_numpy(F), torch.from_numpy(y), free)
+    penalized = torch.arange(p) >= n_free
+    scale_cols = torch.arange(p) >= p - 4
+    beta, b0, alpha, _ = _ridge(torch.from_numpy(F), torch.from_numpy(y), penalized, scale_cols)
     for b in range(2):
         Fc = F[b] - F[b].mean(0)
-        assert float(alpha[b]) == pytest.approx(ALPHA * np.mean((Fc[:, free:] ** 2).sum(0)), rel=1e-10)
-        penalty = np.r_[np.full(free, 1e-8), np.ones(p - free)] * float(alpha[b])  # the additive columns are free
+        assert float(alpha[b]) == pytest.approx(ALPHA * np.mean((Fc[:, -4:] ** 2).sum(0)), rel=1e-10)
+        penalty = np.where(penalized.numpy(), 1.0, 1e-8) * float(alpha[b])  # the unpenalized columns are free
         ref = np.linalg.solve(Fc.T @ Fc + np.diag(penalty), Fc.T @ (y - y.mean()))
         np.testing.assert_allclose(beta[b].numpy(), ref, rtol=1e-7, atol=1e-9)
         pred = F[b] @ beta[b].numpy() + float(b0[b])
@@ -56,12 +58,30 @@ def test_unpenalized_additive_columns_keep_an_additive_signal_out_of_the_product
     m = 400
     a = rng.normal(size=m)
     b = 0.9 * a + 0.45 * rng.normal(size=m)
-    F = np.stack([a ** 2, a * b], 1)[None]
-    y = 3 * a ** 2 + 0.1 * rng.normal(size=m)
-    free_beta, *_ = _ridge(torch.from_numpy(F), torch.from_numpy(y), 1, alpha=0.5)
-    all_beta, *_ = _ridge(torch.from_numpy(F), torch.from_numpy(y), 0, alpha=0.5)
+    F = torch.from_numpy(np.stack([a ** 2, a * b], 1)[None])
+    y = torch.from_numpy(3 * a ** 2 + 0.1 * rng.normal(size=m))
+    product = torch.tensor([False, True])
+    free_beta = _ridge(F, y, product, product, alpha=0.5)[0]
+    all_beta = _ridge(F, y, torch.tensor([True, True]), product, alpha=0.5)[0]
     assert abs(float(free_beta[0, 1])) < 0.05
     assert abs(float(all_beta[0, 1])) > 0.3
+
+
+def test_unadjusted_model_from_the_shared_factorization_equals_its_own_fit():
+    rng = np.random.default_rng(3)
+    m, K = 150, 9
+    q = torch.from_numpy(rng.normal(size=(m, 3)))
+    n = torch.from_numpy(rng.normal(size=(2, m, 2)))
+    x = torch.from_numpy(np.eye(3)[rng.integers(0, 3, m)][:, 1:])
+    y = torch.from_numpy(rng.normal(size=m)) + q[:, 0] * n[0, :, 1] + x[:, 0]
+    J = torch.from_numpy(np.stack([rng.choice(np.delete(np.arange(m), i), K, replace=False) for i in range(m)]))
+    (h_adj, P_adj), (h_un, P_un) = fit_outcomes(q, n, [x, None], y, J)
+    h_alone, P_alone = fit_outcome(q, n, None, y, J)
+    np.testing.assert_allclose(h_un.numpy(), h_alone.numpy(), rtol=1e-9, atol=1e-10)
+    np.testing.assert_allclose(P_un.numpy(), P_alone.numpy(), rtol=1e-9, atol=1e-10)
+    h_x, P_x = fit_outcome(q, n, x, y, J)
+    np.testing.assert_allclose(h_adj.numpy(), h_x.numpy(), rtol=1e-9, atol=1e-10)
+    assert not np.allclose(h_adj.numpy(), h_un.numpy())  # the confounder's columns do enter the adjusted model
 
 
 def test_partner_averages_are_the_fitted_outcome_averaged_over_partners():
