@@ -77,7 +77,9 @@ def _ridge(F, y, penalized, scale_cols, alpha: float = ALPHA, L=None):
 
     ``a = alpha x`` the mean centred sum of squares of the ``scale_cols`` columns (the ``q outer n``
     block, common to the adjusted and unadjusted models); the tiny penalty of the other columns only
-    keeps exactly collinear columns solvable. The intercept is free. Solved by Cholesky in float64:
+    keeps collinear columns solvable (where the factorization still fails, e.g. a node whose
+    coordinates repeat the query's, it becomes ``1e-10``, ``1e-6``, then ``1e-3`` times each free
+    column's own centred sum of squares). The intercept is free. Solved by Cholesky in float64:
     ``(F_c^T F_c + diag(pen)) beta = F_c^T y_c``. Returns (beta [B, p], intercept [B], a [B], the
     Cholesky factor [B, p, p]); given a factor ``L`` (of the same system), only the solve is done
     (and ``a`` is None).
@@ -91,8 +93,14 @@ def _ridge(F, y, penalized, scale_cols, alpha: float = ALPHA, L=None):
     if L is None:
         A = Fc.transpose(1, 2) @ Fc  # [B, p, p]
         a = alpha * torch.diagonal(A, dim1=1, dim2=2)[:, scale_cols].mean(1).clamp_min(1e-300)
-        pen = torch.where(penalized, 1.0, 1e-8).to(A.dtype)
-        L = torch.linalg.cholesky(A + torch.diag_embed(a[:, None] * pen))
+        L, info = torch.linalg.cholesky_ex(A + torch.diag_embed(a[:, None] * torch.where(penalized, 1.0, 1e-8)))
+        for eps in (1e-10, 1e-6, 1e-3):  # collinear free columns: a penalty relative to each one's own scale
+            bad = torch.nonzero(info > 0).flatten()
+            if bad.numel() == 0:
+                break
+            own = torch.diagonal(A[bad], dim1=1, dim2=2)
+            pen = torch.where(penalized, a[bad, None], eps * own + 1e-300)
+            L[bad], info[bad] = torch.linalg.cholesky_ex(A[bad] + torch.diag_embed(pen))
     beta = torch.cholesky_solve(torch.einsum("bmp,m->bp", Fc, yc).unsqueeze(-1), L).squeeze(-1)
     return beta, y.mean() - (mu[:, 0] * beta).sum(1), a, L
 
