@@ -70,11 +70,12 @@ def test_exact_balance_gradient_reaches_1e_8():
     assert np.abs(G.T @ eb.weights_).max() <= 1e-8
 
 
+@pytest.mark.parametrize("solver", ["newton", "fista"])
 @pytest.mark.parametrize("gamma", [0.02, 0.05, 0.15])
-def test_approximate_balance_matches_scipy_and_satisfies_kkt(gamma):
+def test_approximate_balance_matches_scipy_and_satisfies_kkt(gamma, solver):
     G = balance_features(*_design(seed=1))
     gam = np.full(G.shape[1], gamma)
-    eb = EntropyBalancer(gamma=gamma, tol=1e-10).fit(G)
+    eb = EntropyBalancer(gamma=gamma, tol=1e-10, solver=solver).fit(G)
     lam_ref, w_ref, f_ref = _scipy_reference(G, gam)
     assert eb.status_ == "converged"
     np.testing.assert_allclose(eb.weights_, w_ref, atol=1e-7 / G.shape[0], rtol=1e-6)
@@ -122,6 +123,38 @@ def test_infeasible_approximate_balance_is_detected_by_the_dual_certificate():
     assert eb.status_ == "infeasible"
     eb_ok = EntropyBalancer(gamma=0.6).fit(G_bad)  # |a| <= 0.6 and |1 - a| <= 0.6 is feasible
     assert eb_ok.status_ == "converged"
+
+
+def test_every_infeasible_status_carries_a_certificate_in_float64():
+    """Newton reports infeasibility from its step's direction; the returned lambda then certifies it itself."""
+    rng = np.random.default_rng(7)
+    G = balance_features(*_design(seed=7))
+    shifts = np.array([0.0, 0.4, 0.8, 1.2, 1.6, 2.0])  # larger shifts of one column: more of the batch infeasible
+    Gs = np.stack([np.c_[G, G[:, 0] * 0.5 + s + 0.1 * rng.normal(size=G.shape[0])] for s in shifts])
+    gam = np.full(Gs.shape[-1], 0.3)
+    for solver in ("newton", "fista"):
+        eb = EntropyBalancer(gamma=gam, tol=1e-8, solver=solver).fit(Gs)
+        statuses = list(eb.status_)
+        assert "infeasible" in statuses and "converged" in statuses
+        for b, status in enumerate(statuses):
+            lam = eb.lambda_[b]
+            margin = (Gs[b] @ lam).min() - gam @ np.abs(lam)
+            assert (margin > 0) == (status == "infeasible"), (solver, b, status, margin)
+    newton = EntropyBalancer(gamma=gam, tol=1e-8).fit(Gs)
+    fista = EntropyBalancer(gamma=gam, tol=1e-8, solver="fista").fit(Gs)
+    assert newton.status_ == fista.status_
+
+
+def test_newton_and_fista_agree_on_a_batch_of_factored_problems():
+    q, _ = _design(m=400, d_q=3)
+    rng = np.random.default_rng(8)
+    zs = np.stack([0.5 * q[:, :2] @ rng.normal(size=(2, 4)) + rng.normal(size=(400, 4)) for _ in range(4)])
+    gam = block_gamma(3, 4, product=0.06)
+    newton = EntropyBalancer(gamma=gam, tol=1e-9).fit_factored(q, zs)
+    fista = EntropyBalancer(gamma=gam, tol=1e-9, solver="fista").fit_factored(q, zs)
+    assert newton.status_ == fista.status_ == ["converged"] * 4
+    np.testing.assert_allclose(newton.weights_, fista.weights_, atol=1e-8)
+    assert newton.n_iter_.max() < 30 < fista.n_iter_.min()  # Newton steps against first-order iterations
 
 
 def test_max_iter_status_when_the_cap_is_hit():
