@@ -24,7 +24,7 @@ attention-head node at the last position (30 + 270 = 300 nodes):
    random rankings give the floor.
 
 Prints tables and writes figures (HTML) and a JSON of every number to
-``--out``. Sizes are flags; the defaults run in about 25 minutes on 2 cores.
+``--out``. Sizes are flags; the defaults run in about 18 minutes on 2 cores.
 
     python benchmarks/evidence.py [--professions 1000] [--pairs 64] [--out benchmarks/out/evidence]
 """
@@ -248,7 +248,7 @@ def main() -> None:
     ap.add_argument("--patch-pairs", type=int, default=16)
     ap.add_argument("--eval-prompts", type=int, default=64, help="held-out prompts for the ablation check")
     ap.add_argument("--random-rankings", type=int, default=2)
-    ap.add_argument("--variants", default="default,noaug", help=f"EB variants, from {sorted(VARIANTS)}")
+    ap.add_argument("--variants", default="default,noaug,d5", help=f"EB variants, from {sorted(VARIANTS)}")
     ap.add_argument("--datasets", default="professions,capitals")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)

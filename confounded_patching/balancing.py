@@ -20,8 +20,9 @@ This module minimises ``F`` for a batch of problems at once:
   current orthant (as in OWL-QN, with the exact Hessian ``Cov_w(g)`` on the
   working set), a trust region on the scores and backtracking on ``F``.
   Balance features of the AIE are nearly collinear (``p`` close to ``m``,
-  condition numbers near 1e5), where first-order methods need thousands of
-  iterations; Newton needs tens.
+  condition numbers 1e5 to 3e5 on SmolLM2's nodes), where first-order
+  methods need thousands of iterations; Newton needs tens
+  (``benchmarks/solvers.py``).
 - ``solver="fista"``: FISTA with backtracking, the step relaxed each
   iteration, soft thresholding and O'Donoghue-Candes gradient restart (the
   solver of R's WeightIt for L1-regularised EB).
@@ -200,11 +201,14 @@ class _Dense:
     def dense(self, idx=None):
         return self.G if idx is None else self.G[idx]
 
-    def rows(self, idx):  # the columns G[b][:, idx[b]] as rows: [B, a, m] (a new tensor); index p gives zeros
+    def rows(self, idx, batch: slice = slice(None)):
+        """The columns ``G[b][:, idx[b]]`` of the problems ``batch`` as rows: [b, a, m] (a new tensor); index p
+        gives zeros."""
         if getattr(self, "_rows", None) is None:  # G^T with a zero row appended, built once
             zero = torch.zeros(self.B, 1, self.m, dtype=self.G.dtype, device=self.G.device)
             self._rows = torch.cat([self.G.transpose(1, 2), zero], 1)
-        return self._rows[torch.arange(self.B, device=idx.device)[:, None], idx]
+        table = self._rows[batch]
+        return table[torch.arange(table.shape[0], device=idx.device)[:, None], idx]
 
     def subset(self, idx):
         out = _Dense(self.G[idx], None if self.offset is None else self.offset[idx])
@@ -306,10 +310,13 @@ class _Factored:
                          right.transpose(1, 2).contiguous())
         return self._fac
 
-    def rows(self, idx):  # the columns g[b][:, idx[b]] as rows: [B, a, m]; index p gives zeros
+    def rows(self, idx, batch: slice = slice(None)):
+        """The columns ``g[b][:, idx[b]]`` of the problems ``batch`` as rows: [b, a, m] (a new tensor); index p
+        gives zeros."""
         lo, hi, left, right = self._factors()
-        b = torch.arange(self.B, device=idx.device)[:, None]
-        lrows = left[lo[idx]] if self.shared else left[b, lo[idx]]
+        right = right[batch]
+        b = torch.arange(right.shape[0], device=idx.device)[:, None]
+        lrows = left[lo[idx]] if self.shared else left[batch][b, lo[idx]]
         return lrows.mul_(right[b, hi[idx]])
 
     def dense(self, idx=None):
@@ -499,8 +506,7 @@ def _hessian(op, idx, valid, w, mu):
     out = []
     for s in range(0, B, step):
         sl = slice(s, min(B, s + step))
-        sub = op if (sl.start == 0 and sl.stop == B) else op.subset(torch.arange(sl.start, sl.stop, device=idx.device))
-        R = sub.rows(idx[sl])
+        R = op.rows(idx[sl], batch=sl)
         R.sub_((torch.gather(mu[sl], 1, idx[sl].clamp(max=op.p - 1)) * valid[sl]).unsqueeze(-1))
         R.mul_(w[sl].sqrt().unsqueeze(1))
         out.append(torch.bmm(R, R.transpose(1, 2)))

@@ -4,9 +4,9 @@ Batched computations (nodes of a chunk, prompts of the pair sums) are cut
 into blocks whose largest temporary holds about :data:`BLOCK_FLOATS`
 numbers. Small blocks are faster here, not only leaner: glibc serves
 allocations above 32 MiB with fresh ``mmap`` pages, which the kernel must
-fault in and zero on every use, so a temporary of 64 MiB cost 5 to 10 times
-the arithmetic done on it, while one of 8 MiB is reused from the heap
-(``benchmarks/blocks.py``).
+fault in and zero on every use. In ``benchmarks/blocks.py`` (one multiply
+into a new tensor) a number cost 11 times as much in temporaries of 33 to
+128 MiB as in temporaries of 4 MiB, and 1.3 times in temporaries of 8 MiB.
 """
 
 from __future__ import annotations

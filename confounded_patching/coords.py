@@ -43,6 +43,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .blocks import BLOCK_FLOATS, block_rows
 from .errors import InputError, describe
 from .topics import _fix_signs, _standardize, pca, randomized_svd
 
@@ -117,9 +118,14 @@ class ArrayNodes:
         return len(self.items)
 
     def coords(self, chunk, d: int, seed: int) -> torch.Tensor:
-        """Coordinates ``[B, m, min(d, D)]`` (float64) of the nodes ``chunk`` (indices of equal width)."""
-        acts = torch.stack([_matrix(f"nodes[{i}]", self.items[i], self.m) for i in chunk])
-        return _coords("nodes", acts, d, seed)
+        """Coordinates ``[B, m, min(d, D)]`` (float64) of the nodes ``chunk`` (indices of equal width).
+
+        The nodes are stacked a few at a time, so the float64 ``[run, m, D]`` stays a small temporary
+        (:mod:`~.blocks`); each node's coordinates do not depend on the others of its run.
+        """
+        step = block_rows(self.m * self.widths[chunk[0]], 2 * BLOCK_FLOATS)
+        return torch.cat([_coords("nodes", torch.stack([_matrix(f"nodes[{i}]", self.items[i], self.m) for i in run]),
+                                  d, seed) for run in (chunk[s:s + step] for s in range(0, len(chunk), step))])
 
 
 class StoreNodes:

@@ -184,6 +184,8 @@ def mediate(
             stream entering ``embed_layer`` (default ``n_layers // 4``),
             averaged over each prompt's tokens.
         unadjusted: also compute the unadjusted ("normal") estimator.
+        progress: progress bars for the capture pass and the estimator (over
+            nodes).
         K, gamma, seed: see :func:`~.mediation.aie_many`; other keyword
             arguments go there too (``variant``, ``estimator``, ``weights``,
             ``features``, ``d_q``, ``d_n``, ``n_boot`` ...).
@@ -277,7 +279,7 @@ def mediate(
     values = activations.select(nodes) if streamed else [activations[n] for n in nodes]
     common = dict(K=K, gamma=gamma, seed=seed, pairs=pairs, device=device, **aie_kwargs)
     wanted = ([confounder] if confounder is not None else []) + ([None] if (unadjusted or confounder is None) else [])
-    tables = _aie_tables(q, values, y, wanted, **common)  # one pass over the nodes for both estimators
+    tables = _aie_tables(q, values, y, wanted, progress=progress, **common)  # one pass over the nodes for both
     adj = tables[0] if confounder is not None else None
     unadj = tables[-1] if (unadjusted or confounder is None) else None
     for name, table in (("adjusted", adj), ("unadjusted", unadj)):

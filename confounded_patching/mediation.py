@@ -68,6 +68,7 @@ import torch
 from .blocks import BLOCK_FLOATS, block_rows
 from .errors import InputError, describe
 from .gamma_rule import GammaRule, _prod_gamma, select_gamma, select_gamma_x
+from .progress import progress_counter
 from .pairs import _check_pairs, _Pairs, _stats_hajek, _stats_ht, pair_index
 from .coords import _coords, _matrix, node_source
 from .outcome_model import fit_outcomes, partner_means
@@ -296,8 +297,12 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
             variability, not the weight models' or the regularisation bias.
         pairs: ``[m, K]`` partner indices (see :func:`pair_index`); drawn from
             ``seed`` if omitted.
-        chunk_size: nodes solved together; bounds memory at about
-            ``chunk_size * m * K * 8`` bytes per temporary.
+        chunk_size: nodes solved together, of every kind (nodes are taken
+            in order of coordinate width, so 64-wide heads and 576-wide MLP
+            outputs reduced to ``d_n`` share chunks; results come back in
+            input order). Memory grows with ``chunk_size * m * (d_n + k)``
+            for the coordinates and the solver; pair sums, PCA and outcome
+            models run in small blocks (:mod:`~.blocks`).
         dtype: solver precision (float32 default here; AIE sums are float64).
         device: where the entropy-balancing solves run: None or ``"cpu"``
             (default), ``"cuda"``, ``"cuda:N"``; a GPU torch does not see is an
@@ -313,7 +318,8 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
         gamma_rule: knobs of the ``"auto"`` rule.
         augment: add the outcome-model term of the augmented (doubly robust)
             estimator (:mod:`~.outcome_model`: a ridge regression of ``y`` on
-            ``[q, q^2, n, n^2, x, q n, q x]``, penalty by GCV), which corrects
+            ``[q, q^2, n, n^2, x, q n, q x]``, a light fixed penalty on the
+            products only), which corrects
             the bias left by approximate balance (``"auto"``: on for Hajek;
             the HT forms reproduce the paper and have none).
 
@@ -333,12 +339,13 @@ def _aie_tables(query, nodes, outcome, confounders: list, *, K: int = 200, gamma
                 d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
                 pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", chunk_size: int = 64,
                 dtype=torch.float32, tol: float | None = None, max_iter: int | None = None,
-                gamma_rule: GammaRule | None = None, device=None, augment="auto", _stacklevel: int = 3) -> list:
+                gamma_rule: GammaRule | None = None, device=None, augment="auto", progress: bool = False,
+                _stacklevel: int = 3) -> list:
     """:func:`aie_many` for several confounders at once (e.g. ``[topics, None]``: adjusted and unadjusted).
 
     Every estimator shares the pairs, the bootstrap draws and one pass over the nodes: each chunk's
-    coordinates are computed (or streamed from a store) once and used by all of them. Returns one
-    :class:`AIETable` per entry of ``confounders``.
+    coordinates are computed (or streamed from a store) once and used by all of them. ``progress``
+    shows a bar over the nodes. Returns one :class:`AIETable` per entry of ``confounders``.
     """
     variant = _choice("variant", variant, VARIANTS)
     estimator = _choice("estimator", estimator, ESTIMATORS)
@@ -398,12 +405,17 @@ def _aie_tables(query, nodes, outcome, confounders: list, *, K: int = 200, gamma
 
     N = len(source.widths)
     results = [[None] * N for _ in settings]
-    for chunk in _chunks(source.widths, d_n, chunk_size):
-        n64 = torch.cat([source.coords(run, d_n, seed) for run in _runs(chunk, source.widths, m)])
-        parts = _estimate_chunk(settings, n64, q, q64, y, J, counts, partners, opts)
-        for part, res in zip(parts, results):
-            for k, i in enumerate(chunk):
-                res[i] = {key: v[k] for key, v in part.items()}
+    bar = progress_counter(N, enabled=progress, desc="EB-AIE", unit="node")
+    try:
+        for chunk in _chunks(source.widths, d_n, chunk_size):
+            n64 = torch.cat([source.coords(run, d_n, seed) for run in _runs(chunk, source.widths)])
+            parts = _estimate_chunk(settings, n64, q, q64, y, J, counts, partners, opts)
+            for part, res in zip(parts, results):
+                for k, i in enumerate(chunk):
+                    res[i] = {key: v[k] for key, v in part.items()}
+            bar.update(len(chunk))
+    finally:
+        bar.close()
     return [_table(st, res, m, J, opts, n_boot, ci) for st, res in zip(settings, results)]
 
 
@@ -630,12 +642,11 @@ def _chunks(widths, d_n: int, size: int):
         yield run
 
 
-def _runs(chunk, widths, m: int):
-    """Consecutive runs of equal width within a chunk (their activations stack for the PCA), each small enough
-    that the stacked ``[run, m, width]`` activations stay a small temporary (:mod:`~.blocks`)."""
+def _runs(chunk, widths):
+    """Consecutive runs of equal width within a chunk (their activations stack for the PCA)."""
     out = []
     for i in chunk:
-        if out and widths[out[-1][0]] == widths[i] and len(out[-1]) < block_rows(m * widths[i], 2 * BLOCK_FLOATS):
+        if out and widths[out[-1][0]] == widths[i]:
             out[-1].append(i)
         else:
             out.append([i])

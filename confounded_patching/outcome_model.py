@@ -23,10 +23,10 @@ outcome model's errors cancel in expectation (double robustness).
 
 Features ``phi(q, n, x) = [q, q^2, n, n^2, x, q outer n, q outer x]`` with
 ``q`` and ``n`` the estimator's centred, scaled coordinates. The additive
-columns ``[q, q^2, n, n^2, x]`` (about 100 at d = 25, against m >= 1000
-prompts) are not penalized; the products get a light ridge penalty,
-``ALPHA = 0.01`` times their mean centred sum of squares, which keeps the
-nearly collinear products solvable. Both choices come from planted-truth
+columns ``[q, q^2, n, n^2, x]`` (about 100 at d = 25) are not penalized;
+the products get a light ridge penalty, ``ALPHA = 0.01`` times the mean
+centred sum of squares of the ``q outer n`` columns, which keeps the nearly
+collinear products solvable. Both choices come from planted-truth
 simulations (``docs/estimator.md``, "The outcome model's penalty"): the
 correction needs the product coefficients with little shrinkage, which a
 penalty tuned for prediction does not give (the penalties chosen by
@@ -47,7 +47,7 @@ from .blocks import BLOCK_FLOATS, block_rows
 
 __all__ = ["ALPHA", "fit_outcome", "fit_outcomes", "partner_means"]
 
-ALPHA = 0.01  # ridge penalty of the product columns, in units of the q outer n columns' mean centred sum of squares
+ALPHA = 0.01  # penalty of the products, in units of the q outer n columns' mean centred sum of squares
 
 
 def _features(q, q2, n, x):
@@ -58,7 +58,8 @@ def _features(q, q2, n, x):
     may be per-prompt averages over partners (then ``q2`` is the mean of the squares).
     """
     B, m, _ = n.shape
-    parts = [q.expand(B, -1, -1), q2.expand(B, -1, -1), n, n * n, (q[None, :, :, None] * n[:, :, None, :]).reshape(B, m, -1)]
+    qn = (q[None, :, :, None] * n[:, :, None, :]).reshape(B, m, -1)
+    parts = [q.expand(B, -1, -1), q2.expand(B, -1, -1), n, n * n, qn]
     if x is not None:
         parts += [x.expand(B, -1, -1), (q[:, :, None] * x[:, None, :]).reshape(m, -1).expand(B, -1, -1)]
     return torch.cat(parts, -1)

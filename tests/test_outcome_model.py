@@ -1,10 +1,12 @@
 """The augmented (outcome-model) AIE: its ridge fit against closed-form references, and planted truth.
 
 The ridge of :mod:`confounded_patching.outcome_model` is checked against a
-direct numpy solve of the normal equations at its stated penalty (``ALPHA``
-times the mean eigenvalue of the centred Gram matrix, from numpy's
-eigenvalues), and the partner averages against a loop by hand. The augmented estimator is checked against planted truth in the
-designs where the balancing-only estimator is known to shrink toward 0
+direct numpy solve of the normal equations at its stated penalties (the
+products at ``ALPHA`` times the ``q outer n`` columns' mean centred sum of
+squares, the additive columns free), the shared factorization against
+separate fits, and the partner averages against a loop by hand. The
+augmented estimator is checked against planted truth in the designs where
+the balancing-only estimator is known to shrink toward 0
 (``docs/estimator.md``): d = 5 and a strong d = 2 node.
 """
 
