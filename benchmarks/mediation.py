@@ -82,7 +82,10 @@ def worker(store_dir: str, m: int, n_boot: int) -> None:
     adj = res.adjusted
     print(json.dumps({"m": m, "seconds": dt, "peak_mb_above_data": peak - base, "peak_mb": peak,
                       "status": {s: adj.status.count(s) for s in set(adj.status)},
-                      "median_ess": float(np.nanmedian(adj.ess))}))
+                      "median_ess": float(np.nanmedian(adj.ess)),
+                      "median_pair_ess": float(np.nanmedian(adj.pair_ess[np.isfinite(adj.value)])),
+                      "ess_x": float(np.asarray(adj.ess_x).ravel()[0]),
+                      "unadjusted": {s: res.unadjusted.status.count(s) for s in set(res.unadjusted.status)}}))
 
 
 def main() -> None:
@@ -115,7 +118,8 @@ def main() -> None:
             raise SystemExit(out.returncode)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{r['m']:>8} {r['seconds']:>8.1f} {r['seconds'] / len(nodes):>7.3f} {r['peak_mb_above_data']:>19.0f}"
-              f"  {r['status']}  median ESS {r['median_ess']:.0f}")
+              f"  {r['status']}  median ESS {r['median_ess']:.0f}, topic model ESS {r['ess_x']:.0f},"
+              f" median pair ESS of finite nodes {r['median_pair_ess']:.1e} of n*K; unadjusted {r['unadjusted']}")
     print("(both estimators, adjusted and unadjusted, for every node; 2 threads)")
 
 
