@@ -69,6 +69,7 @@ import numpy as np
 import torch
 
 from .blocks import block_rows
+from .cholesky import cholesky_escalating
 from .errors import InputError, describe
 
 __all__ = [
@@ -191,6 +192,7 @@ class _Dense:
         self.G = G
         self.B, self.m, self.p = G.shape
         self.offset = offset  # log base weights [B, m] or None
+        self._rows = None  # G^T with a zero row appended (rows()), built on first use
 
     def scores(self, lam):  # -G lam, [B, m]
         return -torch.bmm(self.G, lam.unsqueeze(-1)).squeeze(-1)
@@ -204,7 +206,7 @@ class _Dense:
     def rows(self, idx, batch: slice = slice(None)):
         """The columns ``G[b][:, idx[b]]`` of the problems ``batch`` as rows: [b, a, m] (a new tensor); index p
         gives zeros."""
-        if getattr(self, "_rows", None) is None:  # G^T with a zero row appended, built once
+        if self._rows is None:
             zero = torch.zeros(self.B, 1, self.m, dtype=self.G.dtype, device=self.G.device)
             self._rows = torch.cat([self.G.transpose(1, 2), zero], 1)
         table = self._rows[batch]
@@ -212,7 +214,7 @@ class _Dense:
 
     def subset(self, idx):
         out = _Dense(self.G[idx], None if self.offset is None else self.offset[idx])
-        if getattr(self, "_rows", None) is not None:
+        if self._rows is not None:
             out._rows = self._rows[idx]
         return out
 
@@ -364,21 +366,12 @@ class _Solution:
     n_iter: torch.Tensor
 
 
-def _lse(s):
-    return torch.logsumexp(s, dim=-1)
-
-
 def _kkt_residual(grad, lam, gamma):
     """Sup-norm of the minimal subgradient of F: zero exactly at the optimum."""
     on = lam != 0
     r_on = (grad + gamma * torch.sign(lam)).abs()
     r_off = (grad.abs() - gamma).clamp_min(0)
     return torch.where(on, r_on, r_off).amax(-1)
-
-
-def _certificate(op, lam, gamma):
-    """True where min_i g_i^T lam > sum_k gamma_k |lam_k| (with a rounding margin): primal infeasible."""
-    return _certificate_from_scores(op.scores(lam), lam, gamma)
 
 
 def _certificate_from_scores(s, lam, gamma):
@@ -435,8 +428,6 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
         logw = torch.log_softmax(_with_offset(o, s), dim=-1)
         return logw, -o.moments(torch.exp(logw))
 
-    decrease = _decrease
-
     # scores are linear in lam: s(x) and s(y) are carried along and refreshed exactly at each check
     s_x = cur_op.scores(x)
     s_y = s_x.clone()
@@ -445,7 +436,7 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
         x_new = _soft(y - g_y / L[:, None], g_act / L[:, None])
         d = x_new - y
         ds = cur_op.scores(d)
-        df = decrease(logw_y, ds)
+        df = _decrease(logw_y, ds)
         for _ in range(40):
             model = (g_y * d).sum(-1) + 0.5 * L * (d * d).sum(-1)
             bad = df > model + slack * (g_y.abs() * d.abs()).sum(-1)
@@ -456,7 +447,7 @@ def _fista(op, gamma, lam, *, max_iter, tol, check_every=10):
             x_new[idx] = _soft(y[idx] - g_y[idx] / L[idx, None], g_act[idx] / L[idx, None])
             d[idx] = x_new[idx] - y[idx]
             ds[idx] = cur_op.subset(idx).scores(d[idx])
-            df[idx] = decrease(logw_y[idx], ds[idx])
+            df[idx] = _decrease(logw_y[idx], ds[idx])
         s_new = s_y + ds
         # gradient restart (O'Donoghue & Candes): momentum against the step
         restart = ((y - x_new) * (x_new - x)).sum(-1) > 0
@@ -558,14 +549,8 @@ def _newton(op, gamma, lam, *, max_iter, tol, trust=30.0):
             diag = torch.diagonal(H, dim1=-2, dim2=-1)
             scale = ((diag * valid).sum(-1) / valid.sum(-1).clamp_min(1)).clamp_min(1e-300)
             rhs = -(torch.gather(pg, 1, idx.clamp(max=p - 1)) * valid).to(H.dtype).unsqueeze(-1)
-            one = torch.ones_like(diag)
-            L, info = torch.linalg.cholesky_ex(H + torch.diag_embed(torch.where(valid, ridge * scale[:, None], one)))
-            for r in (1e-4, 1e-1):  # a larger ridge where the factorization failed
-                bad = torch.nonzero(info > 0).flatten()
-                if bad.numel() == 0:
-                    break
-                reg = torch.where(valid[bad], r * scale[bad, None], one[bad])
-                L[bad], info[bad] = torch.linalg.cholesky_ex(H[bad] + torch.diag_embed(reg))
+            one = torch.ones_like(diag)  # a larger ridge where the factorization fails
+            L, info = cholesky_escalating(H, (torch.where(valid, r * scale[:, None], one) for r in (ridge, 1e-4, 1e-1)))
             dA = torch.cholesky_solve(rhs, L).squeeze(-1)
             dA = torch.where((info > 0)[:, None], rhs.squeeze(-1) / scale[:, None], dA)  # else a gradient step
             d = torch.zeros_like(x).scatter_add_(1, idx.clamp(max=p - 1), (dA * valid).to(dt))

@@ -124,8 +124,11 @@ class ArrayNodes:
         (:mod:`~.blocks`); each node's coordinates do not depend on the others of its run.
         """
         step = block_rows(self.m * self.widths[chunk[0]], 2 * BLOCK_FLOATS)
-        return torch.cat([_coords("nodes", torch.stack([_matrix(f"nodes[{i}]", self.items[i], self.m) for i in run]),
-                                  d, seed) for run in (chunk[s:s + step] for s in range(0, len(chunk), step))])
+        out = []
+        for s in range(0, len(chunk), step):
+            acts = torch.stack([_matrix(f"nodes[{i}]", self.items[i], self.m) for i in chunk[s:s + step]])
+            out.append(_coords("nodes", acts, d, seed))
+        return torch.cat(out)
 
 
 class StoreNodes:

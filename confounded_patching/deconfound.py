@@ -110,12 +110,11 @@ def _warn_if_degenerate(name: str, table: AIETable, *, share: float = 0.5, pair_
     with np.errstate(invalid="ignore"):
         tiny = int(np.sum(np.nan_to_num(table.pair_ess, nan=0.0) < pair_ess))
     if n and (infeasible > share * n or tiny > share * n):
-        ess_x, m = getattr(table, "ess_x", float("nan")), getattr(table, "n", None)
         topics = ""
-        if m and np.isfinite(ess_x):
-            topics = (f" The topic model keeps an effective sample size of {ess_x:.0f} of {m} prompts: topics that "
-                      f"barely overlap in query space have the same effect on the adjusted estimator, and "
-                      f"more prompts do not add overlap.")
+        if np.isfinite(table.ess_x):
+            topics = (f" The topic model keeps an effective sample size of {table.ess_x:.0f} of {table.n} prompts: "
+                      f"topics that barely overlap in query space have the same effect on the adjusted estimator, "
+                      f"and more prompts do not add overlap.")
         warnings.warn(
             f"{name} EB-AIE: {infeasible} of {n} nodes have infeasible balance and {tiny} have pair-weight ESS "
             f"below {pair_ess:g} of n*K; these nodes' values are not reliable. A node that is close to a "

@@ -57,6 +57,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -497,24 +498,24 @@ def _estimate_chunk(settings: list, n64, q, q64, y, J, counts, partners, opts: _
     if opts.estimator == "hajek" and opts.augment:
         # infeasible weights give no estimate: each node's outcome models are fitted for the estimators
         # that need them, together (nodes grouped by that set of estimators)
-        need = torch.stack([~bad for _, _, _, bad in fitted], 1)  # [B, settings]
+        need = torch.stack([~bad for _, _, bad in fitted], 1)  # [B, settings]
         B = n64.shape[0]
         fits = [(torch.zeros(B, y.shape[0], dtype=torch.float64), torch.zeros(B, y.shape[0], dtype=torch.float64))
                 for _ in settings]
         for key in {tuple(r) for r in need.tolist()}:
             which = [i for i, v in enumerate(key) if v]
-            nodes = torch.nonzero((need == torch.tensor(key)).all(1)).flatten()
             if not which:
                 continue
+            nodes = torch.nonzero((need == torch.tensor(key)).all(1)).flatten()
             for i, (h, P) in zip(which, fit_outcomes(q64, n64[nodes], [settings[i].x for i in which], y, J,
                                                      partners=partners)):
                 fits[i][0][nodes], fits[i][1][nodes] = h, P
     return [_statistics(st, model, info, bad, n64, q, q64, y, counts, opts, fit)
-            for st, (model, info, _, bad), fit in zip(settings, fitted, fits)]
+            for st, (model, info, bad), fit in zip(settings, fitted, fits)]
 
 
 def _weights(st: _Setting, n64, q, opts: _Options):
-    """The chunk's weight models for one estimator: (model, per-node diagnostics, gamma_max, infeasible mask)."""
+    """The chunk's weight models for one estimator: (model, per-node diagnostics, infeasible mask)."""
     n = n64.to(opts.dtype)
     B = n.shape[0]
     x = st.x
@@ -532,7 +533,7 @@ def _weights(st: _Setting, n64, q, opts: _Options):
         g = _prod_gamma(torch.full((B,), float(opts.gamma), dtype=opts.dtype), n.shape[2], st.kx, st.gx)
         model = fit_eb(q, z, g, squares=opts.squares, tol=opts.tol, max_iter=opts.max_iter, device=opts.device)
     bad = torch.tensor([s == "infeasible" for s in model.status]) | torch.tensor(st.diag_x[3] == "infeasible")
-    return model, {"gamma_max": gmax, "gamma_noise": noise}, gmax, bad
+    return model, {"gamma_max": gmax, "gamma_noise": noise}, bad
 
 
 def _statistics(st: _Setting, model, info, bad, n64, q, q64, y, counts, opts: _Options, fit) -> dict:
@@ -644,13 +645,7 @@ def _chunks(widths, d_n: int, size: int):
 
 def _runs(chunk, widths):
     """Consecutive runs of equal width within a chunk (their activations stack for the PCA)."""
-    out = []
-    for i in chunk:
-        if out and widths[out[-1][0]] == widths[i]:
-            out[-1].append(i)
-        else:
-            out.append([i])
-    return out
+    return [list(run) for _, run in itertools.groupby(chunk, key=lambda i: widths[i])]
 
 
 def _additive_features(q64, n64, x):

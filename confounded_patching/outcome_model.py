@@ -44,6 +44,7 @@ from __future__ import annotations
 import torch
 
 from .blocks import BLOCK_FLOATS, block_rows
+from .cholesky import cholesky_escalating
 
 __all__ = ["ALPHA", "fit_outcome", "fit_outcomes", "partner_means"]
 
@@ -93,15 +94,10 @@ def _ridge(F, y, penalized, scale_cols, alpha: float = ALPHA, L=None):
     a = None
     if L is None:
         A = Fc.transpose(1, 2) @ Fc  # [B, p, p]
-        a = alpha * torch.diagonal(A, dim1=1, dim2=2)[:, scale_cols].mean(1).clamp_min(1e-300)
-        L, info = torch.linalg.cholesky_ex(A + torch.diag_embed(a[:, None] * torch.where(penalized, 1.0, 1e-8)))
-        for eps in (1e-10, 1e-6, 1e-3):  # collinear free columns: a penalty relative to each one's own scale
-            bad = torch.nonzero(info > 0).flatten()
-            if bad.numel() == 0:
-                break
-            own = torch.diagonal(A[bad], dim1=1, dim2=2)
-            pen = torch.where(penalized, a[bad, None], eps * own + 1e-300)
-            L[bad], info[bad] = torch.linalg.cholesky_ex(A[bad] + torch.diag_embed(pen))
+        own = torch.diagonal(A, dim1=1, dim2=2)  # each column's centred sum of squares
+        a = alpha * own[:, scale_cols].mean(1).clamp_min(1e-300)
+        free = [torch.where(penalized, a[:, None], eps * own + 1e-300) for eps in (1e-10, 1e-6, 1e-3)]
+        L, _ = cholesky_escalating(A, [a[:, None] * torch.where(penalized, 1.0, 1e-8)] + free)
     beta = torch.cholesky_solve(torch.einsum("bmp,m->bp", Fc, yc).unsqueeze(-1), L).squeeze(-1)
     return beta, y.mean() - (mu[:, 0] * beta).sum(1), a, L
 
@@ -156,28 +152,22 @@ def fit_outcomes(q64, n64, xs, y, J, *, partners=None, alpha: float = ALPHA, bud
     k = 0 if full is None else full.shape[1]
     p0 = 2 * d_q + 2 * d_n + d_q * d_n  # the unadjusted model's columns
     step = block_rows(m * (p0 + k + d_q * k), budget)
+    pen, qn = _penalized(d_q, d_n, k)
     out = [([], []) for _ in xs]
     for s in range(0, B, step):
         n = n64[s:s + step].double()
         F = _features(q, q2, n, full)
-        pen, qn = _penalized(d_q, d_n, k)
-        fits = {}
-
-        def fitted(key):  # each model once per sub-batch; the unadjusted one from the adjusted one's factor
-            if key not in fits:
-                if key == "base" and full is not None:
-                    L = fitted("full")[3]
-                    fits[key] = _ridge(F[:, :, :p0], y, pen[:p0], qn[:p0], alpha, L=L[:, :p0, :p0].contiguous())
-                else:
-                    fits[key] = _ridge(F, y, pen, qn, alpha)
-            return fits[key]
-
+        full_fit = None if full is None else _ridge(F, y, pen, qn, alpha)
+        base_fit = None
+        if any(x is None for x in xs):  # the unadjusted model, from the adjusted one's factor where there is one
+            L = None if full_fit is None else full_fit[3][:, :p0, :p0].contiguous()
+            base_fit = _ridge(F[:, :, :p0], y, pen[:p0], qn[:p0], alpha, L=L)
         for i, x in enumerate(xs):
             if x is None:
-                beta, b0 = fitted("base")[:2]
+                beta, b0 = base_fit[:2]
                 Fi, xi = F[:, :, :p0], None
             elif x is full:
-                beta, b0 = fitted("full")[:2]
+                beta, b0 = full_fit[:2]
                 Fi, xi = F, x
             else:  # another confounder: its own model
                 Fi, xi = _features(q, q2, n, x), x

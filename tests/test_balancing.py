@@ -26,6 +26,13 @@ def _design(m=300, d_q=2, d_z=3, seed=0, dependence=0.5):
     return q, z
 
 
+def _node_batch(q, n_nodes, *, coef, seed, d_z=4):
+    """``n_nodes`` node designs ``[n_nodes, m, d_z]``, each depending on the first two query columns."""
+    rng = np.random.default_rng(seed)
+    m = q.shape[0]
+    return np.stack([coef * q[:, :2] @ rng.normal(size=(2, d_z)) + rng.normal(size=(m, d_z)) for _ in range(n_nodes)])
+
+
 def _scipy_reference(G: np.ndarray, gamma: np.ndarray):
     """L-BFGS-B on the split lam = lam_plus - lam_minus >= 0 (smooth, bound-constrained)."""
     p = G.shape[1]
@@ -147,8 +154,7 @@ def test_every_infeasible_status_carries_a_certificate_in_float64():
 
 def test_newton_and_fista_agree_on_a_batch_of_factored_problems():
     q, _ = _design(m=400, d_q=3)
-    rng = np.random.default_rng(8)
-    zs = np.stack([0.5 * q[:, :2] @ rng.normal(size=(2, 4)) + rng.normal(size=(400, 4)) for _ in range(4)])
+    zs = _node_batch(q, 4, coef=0.5, seed=8)
     gam = block_gamma(3, 4, product=0.06)
     newton = EntropyBalancer(gamma=gam, tol=1e-9).fit_factored(q, zs)
     fista = EntropyBalancer(gamma=gam, tol=1e-9, solver="fista").fit_factored(q, zs)
@@ -187,8 +193,7 @@ def test_factored_paper_features_have_no_squares():
 
 def test_batched_shared_query_equals_one_by_one():
     q, _ = _design(m=300, d_q=3)
-    rng = np.random.default_rng(5)
-    zs = np.stack([0.4 * q[:, :2] @ rng.normal(size=(2, 4)) + rng.normal(size=(300, 4)) for _ in range(5)])
+    zs = _node_batch(q, 5, coef=0.4, seed=5)
     gam = block_gamma(3, 4, product=0.05)
     batch = EntropyBalancer(gamma=gam, tol=1e-9).fit_factored(q, zs)
     assert batch.weights_.shape == (5, 300)

@@ -69,14 +69,20 @@ def test_unpenalized_additive_columns_keep_an_additive_signal_out_of_the_product
     assert abs(float(all_beta[0, 1])) > 0.3
 
 
-def test_unadjusted_model_from_the_shared_factorization_equals_its_own_fit():
-    rng = np.random.default_rng(3)
-    m, K = 150, 9
-    q = torch.from_numpy(rng.normal(size=(m, 3)))
-    n = torch.from_numpy(rng.normal(size=(2, m, 2)))
+def _problem(*, seed, m, K, d_q, n_nodes):
+    """Query [m, d_q], nodes [n_nodes, m, 2], two topic dummies [m, 2], noise [m] and partners [m, K]."""
+    rng = np.random.default_rng(seed)
+    q = torch.from_numpy(rng.normal(size=(m, d_q)))
+    n = torch.from_numpy(rng.normal(size=(n_nodes, m, 2)))
     x = torch.from_numpy(np.eye(3)[rng.integers(0, 3, m)][:, 1:])
-    y = torch.from_numpy(rng.normal(size=m)) + q[:, 0] * n[0, :, 1] + x[:, 0]
+    e = torch.from_numpy(rng.normal(size=m))
     J = torch.from_numpy(np.stack([rng.choice(np.delete(np.arange(m), i), K, replace=False) for i in range(m)]))
+    return q, n, x, e, J
+
+
+def test_unadjusted_model_from_the_shared_factorization_equals_its_own_fit():
+    q, n, x, e, J = _problem(seed=3, m=150, K=9, d_q=3, n_nodes=2)
+    y = e + q[:, 0] * n[0, :, 1] + x[:, 0]
     (h_adj, P_adj), (h_un, P_un) = fit_outcomes(q, n, [x, None], y, J)
     h_alone, P_alone = fit_outcome(q, n, None, y, J)
     np.testing.assert_allclose(h_un.numpy(), h_alone.numpy(), rtol=1e-9, atol=1e-10)
@@ -87,13 +93,9 @@ def test_unadjusted_model_from_the_shared_factorization_equals_its_own_fit():
 
 
 def test_partner_averages_are_the_fitted_outcome_averaged_over_partners():
-    rng = np.random.default_rng(1)
-    m, K = 80, 7
-    q = torch.from_numpy(rng.normal(size=(m, 2)))
-    n = torch.from_numpy(rng.normal(size=(1, m, 2)))
-    x = torch.from_numpy(np.eye(3)[rng.integers(0, 3, m)][:, 1:])
-    y = torch.from_numpy(rng.normal(size=m)) + q[:, 0] * n[0, :, 1]
-    J = torch.from_numpy(np.stack([rng.choice(np.delete(np.arange(m), i), K, replace=False) for i in range(m)]))
+    q, n, x, e, J = _problem(seed=1, m=80, K=7, d_q=2, n_nodes=1)
+    m = q.shape[0]
+    y = e + q[:, 0] * n[0, :, 1]
     h, P = fit_outcome(q, n, x, y, J)
     F = _features(q, q * q, n, x)[0].numpy()
     beta, *_ = np.linalg.lstsq(np.c_[np.ones(m), F], h[0].numpy(), rcond=None)  # h is linear in the features
