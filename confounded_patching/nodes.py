@@ -24,27 +24,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence, Union
 
-from .errors import InputError, describe
+from .errors import InputError
+from .validation import check_int
 
-__all__ = ["MLP", "Head", "Resid", "Node", "nodes", "node_from_dict", "KINDS"]
+__all__ = ["MLP", "Head", "Resid", "Node", "nodes", "node_from_dict", "is_node", "sort_key", "KINDS", "SITE_ORDER",
+           "NODE_TYPES"]
 
 KINDS = ("mlp", "head", "resid")
-
-
-def _check_int(name: str, value, *, allow_none: bool = False, minimum: int | None = None) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{name} must be an int{' or None' if allow_none else ''}; received {describe(value)}")
-    if minimum is not None and value < minimum:
-        raise InputError(f"{name} must be >= {minimum}; received {value}")
+#: Order of the sites within a block, in the forward pass: its input (resid), the heads, the MLP.
+SITE_ORDER = {"resid": 0, "head": 1, "mlp": 2}
 
 
 @dataclass(frozen=True, order=True)
 class _NodeBase:
     def __post_init__(self) -> None:
-        _check_int("layer", self.layer, minimum=0)
-        _check_int("pos", self.pos, allow_none=True)
+        check_int("layer", self.layer, minimum=0, numpy=False)
+        check_int("pos", self.pos, allow_none=True, numpy=False)
 
     @property
     def kind(self) -> str:
@@ -86,7 +81,7 @@ class Head(_NodeBase):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check_int("head", self.head, minimum=0)
+        check_int("head", self.head, minimum=0, numpy=False)
 
     def _short(self) -> str:
         return f"L{self.layer}H{self.head}"
@@ -110,22 +105,27 @@ class Resid(_NodeBase):
 
 
 Node = Union[MLP, Head, Resid]
-_BY_KIND = {"mlp": MLP, "head": Head, "resid": Resid}
+#: The node class of each kind.
+NODE_TYPES = {"mlp": MLP, "head": Head, "resid": Resid}
+
+
+def is_node(x) -> bool:
+    """Whether ``x`` is an ``MLP``, ``Head`` or ``Resid`` node."""
+    return type(x) in NODE_TYPES.values()
 
 
 def node_from_dict(data: dict) -> Node:
     """Inverse of ``node.to_dict()``."""
     data = dict(data)
     kind = data.pop("kind", None)
-    if kind not in _BY_KIND:
-        raise InputError(f"node kind must be one of {sorted(_BY_KIND)}; received {kind!r}")
-    return _BY_KIND[kind](**data)
+    if kind not in NODE_TYPES:
+        raise InputError(f"node kind must be one of {sorted(NODE_TYPES)}; received {kind!r}")
+    return NODE_TYPES[kind](**data)
 
 
 def sort_key(node: Node) -> tuple:
     """Forward order of execution: by layer, then resid < head < mlp."""
-    rank = {"resid": 0, "head": 1, "mlp": 2}[node.kind]
-    return (node.layer, rank, getattr(node, "head", 0), -10**9 if node.pos is None else node.pos)
+    return (node.layer, SITE_ORDER[node.kind], getattr(node, "head", 0), -10**9 if node.pos is None else node.pos)
 
 
 def nodes(
@@ -168,9 +168,9 @@ def nodes(
     if not positions:
         raise InputError("positions must name at least one position; received an empty sequence")
     for p in positions:
-        _check_int("positions[i]", p, allow_none=True)
+        check_int("positions[i]", p, allow_none=True, numpy=False)
     if model is not None:
-        from .models import adapt
+        from .models import adapt  # here, not at the top: `import confounded_patching` must not load torch
 
         spec = adapt(model).spec
         n_layers, n_heads = spec.n_layers, spec.n_heads

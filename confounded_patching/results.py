@@ -1,4 +1,10 @@
-"""Saving and loading result dataclasses without pickle.
+"""What every result shares: the long-form table's columns and method tags, and saving without pickle.
+
+Long form: ``to_dataframe()`` of every result gives one row per node (and
+method), with the columns :data:`LONG_FORM_COLUMNS`; its ``method`` column
+holds one of the tags :data:`METHOD_TAGS` (``"patch:exact"``,
+``"eb:adjusted"`` ...). :mod:`~.plot` and :mod:`~.report` read these tables,
+so the tags and columns are defined here, once.
 
 Every result type is a frozen dataclass whose fields are numpy arrays, torch
 tensors, JSON-able values (str, int, float, bool, None, lists and dicts of
@@ -20,18 +26,54 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import InputError
-from .nodes import _BY_KIND, node_from_dict
+from .nodes import is_node, node_from_dict
 
-__all__ = ["Result", "atomic_write"]
+__all__ = ["Result", "atomic_write", "METHOD_TAGS", "PATCH_EXACT", "PATCH_ATTRIBUTION", "RESAMPLE",
+           "RESAMPLE_STRATIFIED", "EB_UNADJUSTED", "EB_ADJUSTED", "patch_tag", "resample_tag", "is_score",
+           "NODE_COLUMNS", "LONG_FORM_COLUMNS", "node_columns"]
+
+# ----------------------------------------------------------------------------- long form
+
+#: ``method`` tags of the long-form tables, one per estimator, in the order figures show them.
+PATCH_EXACT = "patch:exact"
+PATCH_ATTRIBUTION = "patch:attribution"
+RESAMPLE = "resample"
+RESAMPLE_STRATIFIED = "resample:stratified"
+EB_UNADJUSTED = "eb:unadjusted"
+EB_ADJUSTED = "eb:adjusted"
+METHOD_TAGS = (PATCH_EXACT, PATCH_ATTRIBUTION, RESAMPLE, RESAMPLE_STRATIFIED, EB_UNADJUSTED, EB_ADJUSTED)
+
+#: The node's columns, first in every long-form table.
+NODE_COLUMNS = ("node", "kind", "layer", "head", "pos")
+#: The columns every long-form table has (results add their own: ``se``, ``ess``, ``direction`` ...).
+LONG_FORM_COLUMNS = NODE_COLUMNS + ("method", "value")
+
+
+def patch_tag(method: str) -> str:
+    """The tag of classic (``"exact"``) or attribution patching."""
+    return f"patch:{method}"
+
+
+def resample_tag(stratified: bool) -> str:
+    """The tag of the resample AIE, with partners drawn within strata or not."""
+    return RESAMPLE_STRATIFIED if stratified else RESAMPLE
+
+
+def is_score(tag: str) -> bool:
+    """Whether a method's values are normalized patching scores (else AIEs in units of the outcome)."""
+    return tag.startswith("patch:")
+
+
+def node_columns(node) -> dict:
+    """The :data:`NODE_COLUMNS` of one node's row."""
+    return {"node": node.label, "kind": node.kind, "layer": node.layer, "head": getattr(node, "head", None),
+            "pos": node.pos}
+
+
+# ----------------------------------------------------------------------------- save and load
 
 _FORMAT = "confounded_patching.result/1"
-
-
 _TYPES: dict[str, type] = {}
-
-
-def _is_node(x) -> bool:
-    return type(x) in _BY_KIND.values()
 
 
 def _encode(value: Any, name: str, arrays: dict) -> Any:
@@ -48,7 +90,7 @@ def _encode(value: Any, name: str, arrays: dict) -> Any:
             raise InputError(f"field {name!r} holds an object array, which cannot be saved without pickle")
         arrays[name] = value
         return {"__array__": name}
-    if _is_node(value):
+    if is_node(value):
         return {"__node__": value.to_dict()}
     if isinstance(value, Result) and dataclasses.is_dataclass(value):
         return {"__result__": type(value).__name__,

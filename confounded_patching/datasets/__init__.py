@@ -27,10 +27,10 @@ from __future__ import annotations
 from ..errors import InputError, describe
 from ._base import PromptSet as PromptSet
 from ._base import n_tokens as n_tokens
-from ._metric import LexiconMetric as LexiconMetric
-from ._metric import RowMetric as RowMetric
-from ._metric import answer_logit_diff as answer_logit_diff
-from ._metric import lexicon_logprob as lexicon_logprob
+from ..metrics import LexiconMetric as LexiconMetric
+from ..metrics import RowMetric as RowMetric
+from ..metrics import answer_logit_diff as answer_logit_diff
+from ..metrics import lexicon_logprob as lexicon_logprob
 from .capitals import capitals as capitals
 from .ioi import ioi as ioi
 from .jsonl import from_jsonl as from_jsonl

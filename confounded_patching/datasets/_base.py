@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import InputError, describe
-from ..metrics import Metric
+from ..metrics import Metric, RowMetric, answer_logit_diff
 from ..results import atomic_write
-from ._metric import RowMetric, answer_logit_diff
 
 __all__ = ["PromptSet", "n_tokens"]
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import random
 
 from ._base import PromptSet, check_seed, finish
-from ._metric import lexicon_logprob
+from ..metrics import lexicon_logprob
 from .lexicon import load_lexicon
 from .words import MOOD_PAIRS, TOPIC_HEAT, TOXICITY_FRAMES, TOXICITY_SCENES
 

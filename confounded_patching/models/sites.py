@@ -7,18 +7,49 @@ output (MLP nodes). A :class:`Plan` lists, per site, the reads (values at one
 column per row) and the writes (patched values for some rows), and
 :func:`apply` performs them on the tensor in place. Every backend — nnsight
 traces, torch hooks, TransformerLens hooks — calls the same :func:`apply`, so
-the indexing logic exists once.
+the indexing logic exists once. Reads land in a dict under a typed
+:class:`ReadKey`: the site, and what was read there (one column per row for
+the nodes at a position, the whole tensor, or its mean over real tokens).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["Read", "Write", "Plan", "apply", "SITE_ORDER"]
+from ..nodes import SITE_ORDER
 
-SITE_ORDER = {"resid": 0, "head": 1, "mlp": 2}
+__all__ = ["ReadKey", "Read", "Write", "Plan", "apply", "SITE_ORDER"]
+
+
+class ReadKey(NamedTuple):
+    """Where :func:`apply` puts a read in its ``out`` dict.
+
+    ``kind`` and ``layer`` name the site; ``what`` is ``"node"`` (the values
+    at one column per row: the nodes at position ``pos``), ``"site"`` (the
+    whole tensor ``[batch, seq, ...]``) or ``"mean"`` (its mean over each
+    row's real tokens).
+    """
+
+    kind: str
+    layer: int
+    pos: int | None = None
+    what: str = "node"
+
+    @classmethod
+    def node(cls, node) -> "ReadKey":
+        """The key of ``node``'s values (heads of a layer and position share one key)."""
+        return cls(node.kind, node.layer, node.pos)
+
+    @classmethod
+    def site(cls, kind: str, layer: int) -> "ReadKey":
+        return cls(kind, layer, None, "site")
+
+    @classmethod
+    def mean(cls, kind: str, layer: int) -> "ReadKey":
+        return cls(kind, layer, None, "mean")
 
 
 @dataclass
@@ -27,11 +58,11 @@ class Read:
 
     With ``cols=None`` and a ``mask`` ``[batch, seq]``, read the mean over the
     row's real tokens instead (used for prompt embeddings); with neither, read
-    the whole tensor.
+    the whole tensor. The site is ``(key.kind, key.layer)``.
     """
 
-    key: object
-    cols: torch.Tensor | None
+    key: ReadKey
+    cols: torch.Tensor | None = None
     mask: torch.Tensor | None = None
 
 
@@ -52,8 +83,8 @@ class Plan:
     reads: dict = field(default_factory=dict)
     writes: dict = field(default_factory=dict)
 
-    def add_read(self, kind: str, layer: int, read: Read) -> None:
-        self.reads.setdefault((kind, layer), []).append(read)
+    def add_read(self, read: Read) -> None:
+        self.reads.setdefault((read.key.kind, read.key.layer), []).append(read)
 
     def add_write(self, kind: str, layer: int, write: Write) -> None:
         self.writes.setdefault((kind, layer), []).append(write)

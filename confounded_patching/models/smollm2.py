@@ -16,7 +16,7 @@ import importlib.util
 import os
 from pathlib import Path
 
-from ..errors import ModelFileNotFound
+from ..errors import InputError, ModelFileNotFound
 
 __all__ = ["smollm2", "smollm2_path", "INSTALL_COMMAND"]
 
@@ -74,8 +74,6 @@ def smollm2(dtype=None, device: str | None = None, *, backend: str = "nnsight"):
     if backend == "hf":
         return model, tokenizer
     if backend != "nnsight":
-        from ..errors import InputError
-
         raise InputError(f"backend must be one of ('nnsight', 'hf'); received {backend!r}")
     import nnsight
 

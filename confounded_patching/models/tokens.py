@@ -16,8 +16,9 @@ from typing import Sequence
 import torch
 
 from ..errors import InputError, describe
+from ..validation import beyond_prompt
 
-__all__ = ["TokenBatch", "encode", "as_id_lists", "columns", "token_labels"]
+__all__ = ["TokenBatch", "encode", "pad", "pad_id", "as_id_lists", "columns", "token_labels"]
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,12 @@ def as_id_lists(prompts, tokenizer, *, argument: str = "prompts") -> list[list[i
     return id_lists
 
 
-def pad(id_lists: Sequence[Sequence[int]], pad_id: int, padding_side: str = "left") -> TokenBatch:
-    """Pad id lists into a :class:`TokenBatch`."""
+def pad(id_lists: Sequence[Sequence[int]], fill_id: int, padding_side: str = "left") -> TokenBatch:
+    """Pad id lists into a :class:`TokenBatch` (padding filled with ``fill_id``)."""
     if padding_side not in ("left", "right"):
         raise InputError(f"padding_side must be one of ('left', 'right'); received {padding_side!r}")
     seq = max(len(ids) for ids in id_lists)
-    input_ids = torch.full((len(id_lists), seq), pad_id, dtype=torch.long)
+    input_ids = torch.full((len(id_lists), seq), fill_id, dtype=torch.long)
     mask = torch.zeros((len(id_lists), seq), dtype=torch.long)
     for r, ids in enumerate(id_lists):
         sl = slice(seq - len(ids), seq) if padding_side == "left" else slice(0, len(ids))
@@ -104,14 +105,13 @@ def pad(id_lists: Sequence[Sequence[int]], pad_id: int, padding_side: str = "lef
     return TokenBatch(input_ids, mask, padding_side)
 
 
-def encode(prompts, tokenizer, padding_side: str = "left", pad_id: int | None = None) -> TokenBatch:
-    """Tokenize and pad prompts."""
-    if pad_id is None:
-        pad_id = _pad_id(tokenizer)
-    return pad(as_id_lists(prompts, tokenizer), pad_id, padding_side)
+def encode(prompts, tokenizer, padding_side: str = "left", fill_id: int | None = None) -> TokenBatch:
+    """Tokenize and pad prompts (with ``fill_id``, by default the tokenizer's :func:`pad_id`)."""
+    return pad(as_id_lists(prompts, tokenizer), pad_id(tokenizer) if fill_id is None else fill_id, padding_side)
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
+    """The id that fills padding: the tokenizer's pad token, else its end-of-sequence token, else 0."""
     if tokenizer is None:
         return 0
     for attr in ("pad_token_id", "eos_token_id"):
@@ -133,10 +133,7 @@ def columns(batch: TokenBatch, pos: int, *, rows: torch.Tensor | None = None, of
         cols = first + pos
     if bool(bad.any()):
         r = int(bad.nonzero()[0])
-        raise InputError(
-            f"position {pos} is beyond prompt {r + offset}'s length: it has {int(lengths[r])} tokens, "
-            f"so positions must lie in [-{int(lengths[r])}, {int(lengths[r]) - 1}]"
-        )
+        raise beyond_prompt(pos, r + offset, int(lengths[r]))
     return cols
 
 

@@ -1,7 +1,7 @@
-"""Activations of many nodes, captured in one forward pass per batch.
+"""Reading many nodes in one forward pass per batch: ``collect`` and ``capture``.
 
 ``collect(model, prompts, nodes)`` runs the prompts in padded batches and
-returns an :class:`Activations` result: ``acts[node]`` is a float32 tensor
+returns an :class:`~.captured.Activations` result: ``acts[node]`` is a float32 tensor
 ``[n_prompts, d]`` (``d = head_dim`` for heads, ``d_model`` otherwise) read
 at the node's position of each prompt. Every node of a batch is read in the
 same forward pass, so the cost is one forward per batch whatever the number
@@ -19,33 +19,35 @@ stopped, and peak memory is bounded by one batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from .errors import InputError, describe
-from .models import adapt
-from .models.sites import Plan, Read
-from .models.tokens import TokenBatch, columns
-from .nodes import Node, sort_key
-from .results import Result
+from ..errors import InputError, describe
+from ..metrics import as_metric, evaluate, logits_request
+from ..models import adapt
+from ..models.adapters import NNsightAdapter
+from ..models.sites import Plan, Read, ReadKey
+from ..models.tokens import TokenBatch, as_id_lists, columns, pad, pad_id
+from ..nodes import Node, is_node
+from ..progress import progress_bar
+from ..validation import check_int, check_positions
+from .captured import Activations, Captured
+from .store import ActivationStore
 
-__all__ = ["Activations", "collect", "capture", "read_plan", "split_reads", "check_nodes"]
+__all__ = ["collect", "capture", "read_plan", "split_reads", "check_nodes"]
 
 
 def check_nodes(adapter, nodes, *, argument: str = "nodes", allow_all_positions: bool = False) -> list[Node]:
     """Validate a node list against a model; returns it as a list."""
-    from .nodes import _BY_KIND
-
     if isinstance(nodes, (str, bytes)) or not isinstance(nodes, Iterable):
         raise InputError(f"{argument} must be a list of nodes (MLP, Head, Resid); received {describe(nodes)}")
     nodes = list(nodes)
     if not nodes:
         raise InputError(f"{argument} must contain at least one node; received an empty list")
     for i, node in enumerate(nodes):
-        if type(node) not in _BY_KIND.values():
+        if not is_node(node):
             raise InputError(f"{argument}[{i}] must be an MLP, Head or Resid node; received {describe(node)}")
         adapter.check_node(node, argument=argument)
         if node.pos is None and not allow_all_positions:
@@ -63,9 +65,9 @@ def read_plan(batch: TokenBatch, nodes: Sequence[Node], *, offset: int = 0, embe
     for kind, layer, pos in sorted({(n.kind, n.layer, n.pos) for n in nodes}, key=lambda s: (s[1], s[0], s[2])):
         if pos not in cols:
             cols[pos] = columns(batch, pos, offset=offset)
-        plan.add_read(kind, layer, Read((kind, layer, pos), cols[pos]))
+        plan.add_read(Read(ReadKey(kind, layer, pos), cols[pos]))
     if embed_layer is not None:
-        plan.add_read("resid", embed_layer, Read(("embed", embed_layer), None, batch.attention_mask))
+        plan.add_read(Read(ReadKey.mean("resid", embed_layer), None, batch.attention_mask))
     return plan
 
 
@@ -73,75 +75,11 @@ def split_reads(out: dict, nodes: Sequence[Node]) -> dict[Node, torch.Tensor]:
     """Per-node float32 CPU tensors ``[batch, d]`` from a plan's reads."""
     acts = {}
     for node in nodes:
-        value = out[(node.kind, node.layer, node.pos)]
+        value = out[ReadKey.node(node)]
         if node.kind == "head":
             value = value[:, node.head]
         acts[node] = value.detach().to("cpu", torch.float32)
     return acts
-
-
-@dataclass(frozen=True)
-class Activations(Result):
-    """Activations of many nodes over many prompts.
-
-    Attributes:
-        nodes: the nodes, in the order given.
-        values: one float32 tensor ``[n_prompts, d]`` per node, same order.
-        prompts: the prompts as given (strings), or None for token-id input.
-        lengths: number of tokens of each prompt, ``[n_prompts]``.
-        outcome: the metric evaluated on each prompt's last-position logits
-            ``[n_prompts]``, when ``collect`` was given a metric.
-        embedding: mean of the residual stream over each prompt's tokens at
-            ``embed_layer`` ``[n_prompts, d_model]``, when requested.
-        meta: model sizes and collection settings.
-    """
-
-    nodes: list
-    values: list
-    prompts: list | None = None
-    lengths: torch.Tensor | None = None
-    outcome: torch.Tensor | None = None
-    embedding: torch.Tensor | None = None
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        object.__setattr__(self, "_index", {n: i for i, n in enumerate(self.nodes)})
-
-    def __getitem__(self, node: Node) -> torch.Tensor:
-        try:
-            return self.values[self._index[node]]
-        except KeyError:
-            raise KeyError(f"{node!r} was not collected; collected nodes include {self.nodes[:3]!r}...") from None
-
-    def __contains__(self, node) -> bool:
-        return node in self._index
-
-    def __len__(self) -> int:
-        return int(self.values[0].shape[0]) if self.values else 0
-
-    def __iter__(self):
-        return iter(self.nodes)
-
-    def items(self):
-        return zip(self.nodes, self.values)
-
-    def stack(self, nodes: Sequence[Node] | None = None) -> torch.Tensor:
-        """``[n_nodes, n_prompts, d]`` for nodes of equal dimension."""
-        nodes = self.nodes if nodes is None else nodes
-        return torch.stack([self[n] for n in nodes])
-
-    def to_dataframe(self):
-        """Long form: one row per (prompt, node) with the activation's norm."""
-        import pandas as pd
-
-        rows = []
-        for node, value in self.items():
-            norms = value.norm(dim=-1).tolist()
-            for i, norm in enumerate(norms):
-                rows.append({"prompt": i, "node": node.label, "kind": node.kind, "layer": node.layer,
-                             "head": getattr(node, "head", None), "pos": node.pos, "dim": value.shape[-1],
-                             "norm": norm})
-        return pd.DataFrame(rows)
 
 
 def _batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
@@ -190,33 +128,26 @@ def collect(
         >>> acts[Head(5, 1)].shape
         torch.Size([2, 64])
     """
-    from .metrics import as_metric, evaluate, logits_request
-    from .progress import progress_bar
-
     adapter = adapt(model, tokenizer)
     nodes = check_nodes(adapter, nodes)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive int; received {describe(batch_size)}")
+    check_int("batch_size", batch_size, minimum=1, expected="a positive int")
     if embed_layer is not None and not (isinstance(embed_layer, int) and 0 <= embed_layer < adapter.spec.n_layers):
         raise InputError(f"embed_layer must be an int in [0, {adapter.spec.n_layers}); received {embed_layer!r}")
-    from .models.tokens import as_id_lists, pad, _pad_id
-
     id_lists = as_id_lists(prompts, adapter.tokenizer)
-    for pos in {n.pos for n in nodes}:  # fail before any forward pass
-        columns(pad([[0] * len(ids) for ids in id_lists], 0, padding_side), pos)
+    check_positions(id_lists, nodes)  # fail before any forward pass
     metric = None if metric is None else as_metric(metric, adapter.tokenizer)
     if metric is not None and metric.needs_clean:
         raise InputError(f"metric {metric.name!r} compares with a clean run, which collect does not have")
     text = [p for p in prompts] if not isinstance(prompts, torch.Tensor) and all(isinstance(p, str) for p in prompts) else None
     groups = _batches([len(ids) for ids in id_lists], batch_size)
-    pad_id = _pad_id(adapter.tokenizer)
+    fill = pad_id(adapter.tokenizer)
     meta = {"backend": adapter.name, "family": adapter.spec.family, "n_layers": adapter.spec.n_layers,
             "n_heads": adapter.spec.n_heads, "head_dim": adapter.spec.head_dim, "d_model": adapter.spec.d_model,
             "batch_size": batch_size, "padding_side": padding_side, "embed_layer": embed_layer,
             "metric": None if metric is None else metric.name}
 
     def run_batch(index):
-        batch = pad([id_lists[i] for i in index], pad_id, padding_side)
+        batch = pad([id_lists[i] for i in index], fill, padding_side)
         plan = read_plan(batch, nodes, embed_layer=embed_layer)
         out, logits = adapter.run(batch, plan, logits=metric is not None and logits_request(metric), remote=remote)
         result = split_reads(out, nodes)
@@ -225,12 +156,10 @@ def collect(
             extra["outcome"] = evaluate(metric, logits.float(), rows=index,
                                         mask=batch.attention_mask.to(logits.device)).detach().cpu()
         if embed_layer is not None:
-            extra["embedding"] = out[("embed", embed_layer)].detach().to("cpu", torch.float32)
+            extra["embedding"] = out[ReadKey.mean("resid", embed_layer)].detach().to("cpu", torch.float32)
         return result, extra
 
     if store is not None:
-        from .store import ActivationStore
-
         return ActivationStore.build(store, nodes, id_lists, groups, run_batch, meta=meta, prompts=text,
                                      progress=progress)
 
@@ -250,23 +179,6 @@ def collect(
                        embedding=cat("embedding"), meta=meta)
 
 
-class Captured:
-    """Values captured inside a trace; index with a node after the trace has run."""
-
-    def __init__(self, raw: dict, nodes: Sequence[Node]):
-        self._raw = raw
-        self.nodes = list(nodes)
-
-    def __getitem__(self, node: Node) -> torch.Tensor:
-        if node not in self.nodes:
-            raise KeyError(f"{node!r} was not captured")
-        value = self._raw[(node.kind, node.layer, node.pos)]
-        return value[:, node.head] if node.kind == "head" else value
-
-    def to_activations(self) -> Activations:
-        return Activations(nodes=self.nodes, values=[self[n].to("cpu", torch.float32) for n in self.nodes])
-
-
 def capture(model, nodes: Sequence[Node], attention_mask: torch.Tensor | None = None) -> Captured:
     """Capture ``nodes`` inside the caller's open nnsight trace.
 
@@ -279,9 +191,7 @@ def capture(model, nodes: Sequence[Node], attention_mask: torch.Tensor | None = 
         A :class:`Captured` object, already saved: after the trace,
         ``store[node]`` is a tensor ``[batch, d]``.
     """
-    import nnsight
-
-    from .models.adapters import NNsightAdapter
+    import nnsight  # only when tracing: importing nnsight patches sys.excepthook and Tensor.backward
 
     adapter = adapt(model)
     if not isinstance(adapter, NNsightAdapter):

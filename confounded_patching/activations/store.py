@@ -1,0 +1,256 @@
+"""An on-disk activation store for runs larger than memory.
+
+Layout of a store directory::
+
+    manifest.json          nodes, prompt fingerprint, batching, model sizes, progress
+    shard-00000.safetensors  one batch: a tensor per node (keyed by node label),
+    shard-00001.safetensors  the prompt indices of the batch, lengths, outcome...
+
+Each shard is written to a temporary name and renamed when complete, so a
+shard that exists is whole. ``collect(..., store=DIR)`` skips the shards
+already present: an interrupted run resumes where it stopped (with the same
+prompts, nodes, batching, metric and embedding layer; anything else is
+refused). Nothing is pickled; reading a store executes no code.
+
+A store is read without loading it whole: ``store.select(nodes)`` is a view
+of some nodes, ``iter_chunks`` reads only the named nodes' tensors from each
+shard (safetensors reads single keys), and ``outcome``, ``embedding`` and
+``lengths`` read only those per-prompt columns. ``cp.mediate(..., store=DIR)``
+and ``aie_many(query, store, ...)`` work this way, a chunk of nodes at a time
+(:mod:`~confounded_patching.estimation.node_coords`).
+
+Example::
+
+    >>> store = collect(model, prompts, nodes, metric=metric, embed_layer=7, store="/data/run1")
+    >>> store = ActivationStore.open("/data/run1")          # later, in another process
+    >>> len(store), store.outcome.shape, store.widths()[:2]
+    (1000, torch.Size([1000]), [576, 64])
+    >>> sub = store.select(store.nodes[:10])                # a view: nothing is read
+    >>> acts = sub.load()                                   # in memory, 10 nodes
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..errors import InputError, describe
+from ..nodes import Node, is_node, node_from_dict
+from ..progress import progress_bar
+from ..results import atomic_write
+from .captured import Activations
+
+__all__ = ["ActivationStore"]
+
+_FORMAT = "confounded_patching.store/1"
+# capture settings a resumed run must share with the shards already written
+_RESUME_KEYS = ("family", "n_layers", "d_model", "padding_side", "embed_layer", "metric")
+
+
+def _fingerprint(id_lists, nodes, groups) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([n.to_dict() for n in nodes]).encode())
+    for ids in id_lists:
+        h.update(np.asarray(ids, dtype=np.int64).tobytes())
+        h.update(b"|")
+    for g in groups:
+        h.update(np.asarray(g, dtype=np.int64).tobytes())
+        h.update(b"/")
+    return h.hexdigest()
+
+
+@dataclass
+class ActivationStore:
+    """A directory of activation shards. Read it whole (:meth:`load`) or chunk by chunk (:meth:`iter_chunks`).
+
+    Attributes:
+        path: the store directory.
+        manifest: its ``manifest.json``.
+        selected: the nodes this object reads (a view made by :meth:`select`);
+            ``None`` for every stored node.
+    """
+
+    path: Path
+    manifest: dict = field(repr=False)
+    selected: list | None = field(default=None, repr=False)
+
+    @property
+    def nodes(self) -> list[Node]:
+        """The nodes this object reads (all stored nodes unless :meth:`select` made a view)."""
+        if self.selected is not None:
+            return list(self.selected)
+        return self.stored_nodes
+
+    @property
+    def stored_nodes(self) -> list[Node]:
+        return [node_from_dict(d) for d in self.manifest["nodes"]]
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.manifest["n_prompts"])
+
+    @property
+    def n_shards(self) -> int:
+        return int(self.manifest["n_shards"])
+
+    @property
+    def meta(self) -> dict:
+        """Model sizes and collection settings (as :attr:`Activations.meta <.activations.Activations.meta>`)."""
+        return self.manifest.get("meta", {})
+
+    @property
+    def prompts(self) -> list | None:
+        return self.manifest.get("prompts")
+
+    def __len__(self) -> int:
+        return self.n_prompts
+
+    def __contains__(self, node) -> bool:
+        if "_stored_set" not in self.__dict__:
+            self.__dict__["_stored_set"] = frozenset(self.stored_nodes)
+        return is_node(node) and node in self.__dict__["_stored_set"]
+
+    @property
+    def shards_done(self) -> int:
+        return sum(self._shard(i).exists() for i in range(self.n_shards))
+
+    def check_complete(self, argument: str = "store") -> None:
+        """Raise :class:`InputError` naming the missing shards unless every shard is written."""
+        done = self.shards_done
+        if done < self.n_shards:
+            raise InputError(f"{argument} at {self.path} is incomplete: {done} of {self.n_shards} shards are written; "
+                             "run collect(..., store=DIR) (or mediate with the model and store=DIR) again to resume")
+
+    def select(self, nodes: Sequence[Node]) -> "ActivationStore":
+        """A view of the store that reads only ``nodes`` (in this order); nothing is read now."""
+        if isinstance(nodes, (str, bytes)) or is_node(nodes) or not isinstance(nodes, Sequence) or not len(nodes):
+            raise InputError(f"nodes must be a non-empty list of stored nodes; received {describe(nodes)}")
+        nodes = list(nodes)
+        missing = [n for n in nodes if n not in self]
+        if missing:
+            raise InputError(f"the store at {self.path} does not hold {len(missing)} of the {len(nodes)} nodes, "
+                             f"e.g. {missing[0]!r}; it holds {len(self.manifest['nodes'])} nodes, e.g. "
+                             f"{self.stored_nodes[0]!r}")
+        return ActivationStore(self.path, self.manifest, nodes)
+
+    def widths(self, nodes: Sequence[Node] | None = None) -> list[int]:
+        """Each node's activation width ``d`` (read from the first shard's header; no tensor is loaded)."""
+        nodes = self.nodes if nodes is None else list(nodes)
+        with safe_open(str(self._existing_shard(0)), framework="pt") as f:
+            return [int(f.get_slice(n.label).get_shape()[-1]) for n in nodes]
+
+    @property
+    def outcome(self) -> torch.Tensor | None:
+        """The metric per prompt ``[n_prompts]`` in prompt order, or None (read from the shards now)."""
+        return self.read_column("outcome")
+
+    @property
+    def embedding(self) -> torch.Tensor | None:
+        """The query embedding per prompt ``[n_prompts, d_model]``, or None (read from the shards now)."""
+        return self.read_column("embedding")
+
+    @property
+    def lengths(self) -> torch.Tensor | None:
+        return self.read_column("lengths")
+
+    def read_column(self, name: str) -> torch.Tensor | None:
+        """A per-prompt extra (``outcome``, ``embedding``, ``lengths``) in prompt order; None if not stored."""
+        key = f"__{name}__"
+        parts, order = [], []
+        for i in range(self.n_shards):
+            with safe_open(str(self._existing_shard(i)), framework="pt") as f:
+                if key not in f.keys():
+                    return None
+                order.append(f.get_tensor("__index__"))
+                parts.append(f.get_tensor(key))
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+
+    def _existing_shard(self, i: int) -> Path:
+        shard = self._shard(i)
+        if not shard.exists():
+            raise InputError(f"{self.path} is incomplete: {shard.name} is missing; run collect again to resume")
+        return shard
+
+    @property
+    def complete(self) -> bool:
+        return all(self._shard(i).exists() for i in range(self.manifest["n_shards"]))
+
+    def _shard(self, i: int) -> Path:
+        return self.path / f"shard-{i:05d}.safetensors"
+
+    @classmethod
+    def open(cls, path) -> "ActivationStore":
+        """Open an existing store directory."""
+        path = Path(path)
+        manifest_path = path / "manifest.json"
+        if not manifest_path.exists():
+            raise InputError(f"{path} is not an activation store (no manifest.json)")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != _FORMAT:
+            raise InputError(f"{manifest_path}: unknown format {manifest.get('format')!r}; expected {_FORMAT!r}")
+        return cls(path, manifest)
+
+    @classmethod
+    def build(cls, path, nodes, id_lists, groups, run_batch, *, meta, prompts, progress) -> "ActivationStore":
+        """Create or resume a store, computing the missing shards with ``run_batch(index)``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        fingerprint = _fingerprint(id_lists, nodes, groups)
+        manifest_path = path / "manifest.json"
+        if manifest_path.exists():
+            old = cls.open(path).manifest
+            if old.get("fingerprint") != fingerprint:
+                raise InputError(
+                    f"{path} holds a store for other prompts, nodes or batching; use a new directory or delete it"
+                )
+            old_meta = old.get("meta", {})
+            for key in _RESUME_KEYS:
+                if key in old_meta and old_meta.get(key) != meta.get(key):
+                    raise InputError(f"{path} was collected with {key}={old_meta.get(key)!r}; this call has "
+                                     f"{key}={meta.get(key)!r}. Use a new directory or delete it")
+        manifest = {"format": _FORMAT, "fingerprint": fingerprint, "nodes": [n.to_dict() for n in nodes],
+                    "n_prompts": len(id_lists), "n_shards": len(groups), "meta": meta, "prompts": prompts}
+        atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
+        store = cls(path, manifest)
+        todo = [i for i in range(len(groups)) if not store._shard(i).exists()]
+        for i in progress_bar(todo, progress, desc="collect", unit="batch", initial=len(groups) - len(todo),
+                              total=len(groups)):
+            result, extra = run_batch(groups[i])
+            tensors = {n.label: result[n].contiguous() for n in nodes}
+            tensors["__index__"] = torch.as_tensor(np.asarray(groups[i]), dtype=torch.int64)
+            tensors.update({f"__{k}__": v.contiguous() for k, v in extra.items()})
+            atomic_write(store._shard(i), lambda tmp: save_file(tensors, tmp))
+        return store
+
+    def iter_chunks(self, nodes: Sequence[Node] | None = None) -> Iterator[tuple[torch.Tensor, dict]]:
+        """Yield ``(prompt_index [b], {node: [b, d]})`` shard by shard; memory is one shard."""
+        nodes = self.nodes if nodes is None else list(nodes)
+        for i in range(self.manifest["n_shards"]):
+            with safe_open(str(self._existing_shard(i)), framework="pt") as f:
+                yield f.get_tensor("__index__"), {n: f.get_tensor(n.label) for n in nodes}
+
+    def load(self, nodes: Sequence[Node] | None = None):
+        """The store (or some of its nodes) as an in-memory :class:`~.captured.Activations`."""
+        nodes = self.nodes if nodes is None else list(nodes)
+        parts, extras, order = [], {}, []
+        for i in range(self.manifest["n_shards"]):
+            with safe_open(str(self._existing_shard(i)), framework="pt") as f:
+                order.append(f.get_tensor("__index__"))
+                parts.append([f.get_tensor(n.label) for n in nodes])
+                for key in f.keys():
+                    if key.startswith("__") and key != "__index__":
+                        extras.setdefault(key.strip("_"), []).append(f.get_tensor(key))
+        inverse = torch.argsort(torch.cat(order))
+        values = [torch.cat([p[j] for p in parts])[inverse] for j in range(len(nodes))]
+        extra = {k: torch.cat(v)[inverse] for k, v in extras.items()}
+        return Activations(nodes=nodes, values=values, prompts=self.manifest.get("prompts"),
+                           lengths=extra.get("lengths"), outcome=extra.get("outcome"),
+                           embedding=extra.get("embedding"), meta=self.manifest.get("meta", {}))

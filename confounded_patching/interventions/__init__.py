@@ -1,0 +1,11 @@
+"""Interventions: running a model with some nodes set to other values.
+
+- :mod:`.rows` — the shared engine: patched rows next to their unpatched
+  copies in one forward pass, grouped writes, prefix-cache starts;
+- :mod:`.clean_corrupt` — clean/corrupt prompt pairs (their checks) and
+  ``PatchingResult``;
+- :mod:`.patching` — ``patch``: classic activation patching;
+- :mod:`.attribution` — attribution patching (a gradient approximation);
+- :mod:`.resample` — ``resample``: the resample (interventional) AIE;
+- :mod:`.ablation` — ``ablate`` and ``ablation_curve``.
+"""
