@@ -34,14 +34,25 @@ _LAZY = {
     "ablate": "interventions.ablation",
     "ablation_curve": "interventions.ablation",
     "AblationResult": "interventions.ablation",
-    "EntropyBalancer": "balancing",
-    "balance_features": "balancing",
-    "aie": "mediation",
-    "AIEResult": "mediation",
-    "mediate": "deconfound",
-    "MediationResult": "deconfound",
+    "EntropyBalancer": "estimation.balancer",
+    "balance_features": "estimation.features",
+    "aie": "estimation.aie",
+    "aie_many": "estimation.aie",
+    "AIEResult": "estimation.aie",
+    "AIETable": "estimation.aie",
+    "mediate": "estimation.mediate",
+    "MediationResult": "estimation.mediate",
 }
-_SUBMODULES = ("metrics", "plot", "datasets", "models", "topics", "cli")
+# name -> module returned for ``cp.<name>``
+_SUBMODULES = {
+    "metrics": "metrics",
+    "plot": "plot",
+    "datasets": "datasets",
+    "models": "models",
+    "simulate": "estimation.simulate",
+    "topics": "topics",
+    "cli": "cli",
+}
 
 __all__ = [
     "ConfoundedPatchingError",
@@ -62,7 +73,7 @@ def __getattr__(name: str):
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
         return getattr(module, name)
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     raise AttributeError(f"module 'confounded_patching' has no attribute {name!r}")
 
 

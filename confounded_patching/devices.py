@@ -1,4 +1,4 @@
-"""Deprecated: ``resolve_device`` moved to :mod:`confounded_patching.validation`."""
+"""Deprecated module path, kept for one release: its public names, re-exported from their new homes."""
 
 from ._deprecated import warn_moved
 from .validation import resolve_device

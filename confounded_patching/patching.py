@@ -1,4 +1,4 @@
-"""Deprecated: moved to :mod:`confounded_patching.interventions` (``patching``, ``resample``)."""
+"""Deprecated module path, kept for one release: its public names, re-exported from their new homes."""
 
 from ._deprecated import warn_moved
 from .interventions.clean_corrupt import DIRECTIONS, METHODS, PatchingResult

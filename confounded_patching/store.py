@@ -1,4 +1,4 @@
-"""Deprecated: moved to :mod:`confounded_patching.activations.store`."""
+"""Deprecated module path, kept for one release: its public names, re-exported from their new homes."""
 
 from ._deprecated import warn_moved
 from .activations.store import ActivationStore

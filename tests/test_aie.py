@@ -19,11 +19,11 @@ import pytest
 import torch
 
 from confounded_patching import InputError
-from confounded_patching import simulate as S
-from confounded_patching.gamma_rule import GammaRule
-from confounded_patching.mediation import AIEResult, AIETable, aie, aie_many, pair_index
-from confounded_patching.pairs import _Pairs, _stats_ht
-from confounded_patching.weighting import RatioModel
+from confounded_patching.estimation import simulate as S
+from confounded_patching.estimation.gamma_rule import GammaRule
+from confounded_patching.estimation.aie import AIEResult, AIETable, aie, aie_many
+from confounded_patching.estimation.partners import Partners, pair_index, stats_ht
+from confounded_patching.estimation.ratio_models import RatioModel
 
 FAST = dict(d_q=2, d_n=2, K=100, n_boot=200)
 
@@ -167,12 +167,12 @@ def test_uniform_weights_give_exactly_zero_unadjusted_aie(sem):
 
 def test_augmented_aie_under_uniform_weights_is_the_outcome_models_regression_estimate(sem):
     """With uniform weights the balancing term vanishes and only the outcome model's plug-in is left."""
-    from confounded_patching.coords import _coords
-    from confounded_patching.outcome_model import fit_outcome
+    from confounded_patching.estimation.node_coords import coords
+    from confounded_patching.estimation.outcome_model import fit_outcome
 
     r = aie(sem.query, sem.nodes[0], sem.outcome, None, gamma=1e3, calibrate=False, **dict(FAST, n_boot=0))
-    q = _coords("query", torch.from_numpy(sem.query), 2, 0)
-    n = _coords("node", torch.from_numpy(sem.nodes[0]), 2, 0)[None]
+    q = coords(torch.from_numpy(sem.query), 2, 0)
+    n = coords(torch.from_numpy(sem.nodes[0]), 2, 0)[None]
     J = torch.from_numpy(pair_index(len(sem.outcome), FAST["K"], 0))
     h, P = fit_outcome(q, n, None, torch.from_numpy(sem.outcome), J)
     assert r.augmented and r.value == pytest.approx(float(P.mean() - h.mean()), abs=1e-10)
@@ -234,9 +234,9 @@ def test_binary_outcome_terms_skip_prompts_with_zero_outcome():
                        ess=torch.zeros(B), imbalance=torch.zeros(B), n_iter=torch.zeros(B))
     counts = t(rng.multinomial(m, np.full(m, 1 / m), size=5).astype(float))
     rows = torch.nonzero(y != 0).flatten()
-    full = _Pairs(q, J, lp, dx, torch.arange(m)).ht_row_means(model, y, "eq2", None)[0]
-    sub = _Pairs(q, J, lp, dx, rows).ht_row_means(model, y, "eq2", None)[0]
-    for a, b in zip(_stats_ht(full, counts), _stats_ht(sub, counts)):
+    full = Partners(q, J, lp, dx, torch.arange(m)).ht_row_means(model, y, "eq2", None)[0]
+    sub = Partners(q, J, lp, dx, rows).ht_row_means(model, y, "eq2", None)[0]
+    for a, b in zip(stats_ht(full, counts), stats_ht(sub, counts)):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-12)
 
 
@@ -333,14 +333,14 @@ def test_several_nodes_passed_to_aie_point_to_aie_many(sem):
 def test_calibration_survives_log_weights_spread_beyond_float_range():
     import torch
 
-    from confounded_patching.pairs import _calibrate
+    from confounded_patching.estimation.partners import calibrate
 
     g = torch.Generator().manual_seed(0)
     m = 60
     logW = torch.randn(2, m, generator=g, dtype=torch.float64) * 3
     logW[:, 0] -= 1000.0  # exp underflows to exactly 0 without a floor
     H = torch.randn(2, m, 3, generator=g, dtype=torch.float64)
-    out = _calibrate(logW, torch.ones(m, dtype=torch.float64), H)
+    out = calibrate(logW, torch.ones(m, dtype=torch.float64), H)
     assert out.shape == logW.shape and torch.isfinite(out).all()
 
 
@@ -355,9 +355,9 @@ def test_device_cpu_gives_the_default_table(sem, sem_table):
 
 def test_solves_rechecked_in_float64_feed_the_estimator_unchanged(sem, sem_table, monkeypatch):
     """What a GPU solve goes through (float64 CPU re-check, results cast back), without a GPU."""
-    import confounded_patching.balancing as bal
+    import confounded_patching.estimation.balancer as balancer
 
-    monkeypatch.setattr(bal, "_verify_wanted", lambda verify, device: True)
+    monkeypatch.setattr(balancer, "verify_wanted", lambda verify, device: True)
     before = (torch.backends.cuda.matmul.allow_tf32, torch.get_float32_matmul_precision())
     checked = aie_many(sem.query, sem.nodes, sem.outcome, sem.topics, **FAST)
     assert checked.status == sem_table.status and checked.status_x == sem_table.status_x
@@ -386,7 +386,7 @@ def test_prompt_blocks_of_the_pair_computations_change_nothing(sem, monkeypatch,
     """Pairs are processed in blocks of prompts for large m; tiny blocks must give the same table."""
     kw = dict(FAST, n_boot=20, estimator=estimator)
     whole = _quiet(aie_many, sem.query, sem.nodes, sem.outcome, sem.topics, **kw)
-    monkeypatch.setattr(_Pairs, "BLOCK_FLOATS", 100 * 2 * 7)  # 7 prompts per block
+    monkeypatch.setattr(Partners, "BLOCK_FLOATS", 100 * 2 * 7)  # 7 prompts per block
     blocked = _quiet(aie_many, sem.query, sem.nodes, sem.outcome, sem.topics, **kw)
     for name in ("value", "pair_ess", "ci_low", "ci_high", "ess"):
         np.testing.assert_allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-9, atol=1e-12)

@@ -10,13 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from confounded_patching import InputError
-from confounded_patching.balancing import (
-    EntropyBalancer,
-    balance_features,
-    block_gamma,
-    feature_layout,
-    gamma_max,
-)
+from confounded_patching.estimation.balancer import EntropyBalancer
+from confounded_patching.estimation.features import balance_features, block_gamma, feature_layout, gamma_max
 
 
 def _design(m=300, d_q=2, d_z=3, seed=0, dependence=0.5):
@@ -382,12 +377,13 @@ def test_verify_rechecks_a_float32_solve_in_float64_on_the_cpu():
 
 
 def test_verify_downgrades_a_solve_whose_float64_kkt_conditions_fail(monkeypatch):
-    import confounded_patching.balancing as bal
+    import confounded_patching.estimation.balancer as balancer
+    from confounded_patching.estimation.solvers import Solution
 
     def sloppy(op, gamma, lam, *, max_iter, tol, **_):  # claims convergence at its starting point
-        return bal._Solution(lam.clone(), ["converged"] * lam.shape[0], torch.ones(lam.shape[0], dtype=torch.long))
+        return Solution(lam.clone(), ["converged"] * lam.shape[0], torch.ones(lam.shape[0], dtype=torch.long))
 
-    monkeypatch.setattr(bal, "_newton", sloppy)
+    monkeypatch.setattr(balancer, "newton", sloppy)
     q, zs, gam = _batch()
     trusted = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=False).fit_factored(q, zs)
     checked = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=True).fit_factored(q, zs)
@@ -404,11 +400,11 @@ def test_verify_keeps_an_infeasible_status_when_the_float64_certificate_holds():
 
 
 def test_verify_auto_rechecks_only_off_the_cpu():
-    from confounded_patching.balancing import _verify_wanted
+    from confounded_patching.estimation.balancer import verify_wanted
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert not _verify_wanted("auto", cpu) and _verify_wanted("auto", cuda)
-    assert _verify_wanted(True, cpu) and not _verify_wanted(False, cuda)
+    assert not verify_wanted("auto", cpu) and verify_wanted("auto", cuda)
+    assert verify_wanted(True, cpu) and not verify_wanted(False, cuda)
     assert EntropyBalancer(gamma=0.1).fit(balance_features(*_design())).verified_ is False
 
 

@@ -6,8 +6,9 @@ import pytest
 
 import confounded_patching as cp
 import tiny
-from confounded_patching.mediation import aie_many, pair_index
-from confounded_patching.topics import kmeans_topics
+from confounded_patching.estimation.aie import aie_many
+from confounded_patching.estimation.confounders import kmeans_topics
+from confounded_patching.estimation.partners import pair_index
 
 
 @pytest.fixture(scope="module")
@@ -73,22 +74,22 @@ def test_degenerate_weights_warn_and_healthy_ones_do_not():
     import warnings
     from types import SimpleNamespace
 
-    from confounded_patching.deconfound import _warn_if_degenerate
+    from confounded_patching.estimation.mediate import warn_if_degenerate
 
     bad = SimpleNamespace(value=np.zeros(4), status=["infeasible"] * 3 + ["converged"], pair_ess=np.full(4, 0.2),
                           ess_x=np.nan, n=100)
     with pytest.warns(UserWarning, match="3 of 4 nodes have infeasible balance"):
-        _warn_if_degenerate("adjusted", bad)
+        warn_if_degenerate("adjusted", bad)
     thin = SimpleNamespace(value=np.zeros(4), status=["converged"] * 4, pair_ess=np.array([1e-5, 1e-5, 1e-4, 0.5]),
                            ess_x=np.nan, n=100)
     with pytest.warns(UserWarning, match="3 have pair-weight ESS"):
-        _warn_if_degenerate("unadjusted", thin)
+        warn_if_degenerate("unadjusted", thin)
     separated = SimpleNamespace(value=np.zeros(4), status=["converged"] * 4, pair_ess=np.full(4, 1e-5),
                                 ess_x=158.2, n=1000)
     with pytest.warns(UserWarning, match="topic model keeps an effective sample size of 158 of 1000 prompts"):
-        _warn_if_degenerate("adjusted", separated)
+        warn_if_degenerate("adjusted", separated)
     ok = SimpleNamespace(value=np.zeros(4), status=["converged"] * 3 + ["infeasible"], pair_ess=np.full(4, 0.01),
                          ess_x=100.0, n=100)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _warn_if_degenerate("adjusted", ok)
+        warn_if_degenerate("adjusted", ok)

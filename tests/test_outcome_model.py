@@ -1,6 +1,6 @@
 """The augmented (outcome-model) AIE: its ridge fit against closed-form references, and planted truth.
 
-The ridge of :mod:`confounded_patching.outcome_model` is checked against a
+The ridge of :mod:`confounded_patching.estimation.outcome_model` is checked against a
 direct numpy solve of the normal equations at its stated penalties (the
 products at ``ALPHA`` times the ``q outer n`` columns' mean centred sum of
 squares, the additive columns free), the shared factorization against
@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from confounded_patching import InputError
-from confounded_patching import simulate as S
-from confounded_patching.mediation import aie_many
-from confounded_patching.outcome_model import ALPHA, _features, _ridge, fit_outcome, fit_outcomes
+from confounded_patching.estimation import simulate as S
+from confounded_patching.estimation.aie import aie_many
+from confounded_patching.estimation.outcome_model import ALPHA, fit_outcome, fit_outcomes, outcome_features, ridge
 
 
 def _quiet(fn, *args, **kwargs):
@@ -42,7 +42,7 @@ def test_ridge_equals_the_normal_equations_at_the_stated_penalty(m, p, n_free):
     y = F[0, :, :5] @ rng.normal(size=5) + rng.normal(size=m)
     penalized = torch.arange(p) >= n_free
     scale_cols = torch.arange(p) >= p - 4
-    beta, b0, alpha, _ = _ridge(torch.from_numpy(F), torch.from_numpy(y), penalized, scale_cols)
+    beta, b0, alpha, _ = ridge(torch.from_numpy(F), torch.from_numpy(y), penalized, scale_cols)
     for b in range(2):
         Fc = F[b] - F[b].mean(0)
         assert float(alpha[b]) == pytest.approx(ALPHA * np.mean((Fc[:, -4:] ** 2).sum(0)), rel=1e-10)
@@ -63,8 +63,8 @@ def test_unpenalized_additive_columns_keep_an_additive_signal_out_of_the_product
     F = torch.from_numpy(np.stack([a ** 2, a * b], 1)[None])
     y = torch.from_numpy(3 * a ** 2 + 0.1 * rng.normal(size=m))
     product = torch.tensor([False, True])
-    free_beta = _ridge(F, y, product, product, alpha=0.5)[0]
-    all_beta = _ridge(F, y, torch.tensor([True, True]), product, alpha=0.5)[0]
+    free_beta = ridge(F, y, product, product, alpha=0.5)[0]
+    all_beta = ridge(F, y, torch.tensor([True, True]), product, alpha=0.5)[0]
     assert abs(float(free_beta[0, 1])) < 0.05
     assert abs(float(all_beta[0, 1])) > 0.3
 
@@ -97,9 +97,9 @@ def test_partner_averages_are_the_fitted_outcome_averaged_over_partners():
     m = q.shape[0]
     y = e + q[:, 0] * n[0, :, 1]
     h, P = fit_outcome(q, n, x, y, J)
-    F = _features(q, q * q, n, x)[0].numpy()
+    F = outcome_features(q, q * q, n, x)[0].numpy()
     beta, *_ = np.linalg.lstsq(np.c_[np.ones(m), F], h[0].numpy(), rcond=None)  # h is linear in the features
-    by_hand = np.array([np.mean([np.r_[1, _features(q[j:j + 1], q[j:j + 1] ** 2, n[:, i:i + 1], x[i:i + 1])[0, 0]
+    by_hand = np.array([np.mean([np.r_[1, outcome_features(q[j:j + 1], q[j:j + 1] ** 2, n[:, i:i + 1], x[i:i + 1])[0, 0]
                                        .numpy()] @ beta for j in J[i].tolist()]) for i in range(m)])
     np.testing.assert_allclose(P[0].numpy(), by_hand, rtol=1e-8, atol=1e-8)
 
@@ -152,7 +152,7 @@ def test_exactly_collinear_free_columns_still_give_a_finite_fit():
     prod = rng.normal(size=m)
     y = prod + 1e-8 * u + 0.1 * rng.normal(size=m)
     F = np.stack([np.stack([u, u, prod], 1), np.stack([rng.normal(size=m), u, prod], 1)])
-    beta, b0, _, L = _ridge(torch.from_numpy(F), torch.from_numpy(y), torch.tensor([False, False, True]),
+    beta, b0, _, L = ridge(torch.from_numpy(F), torch.from_numpy(y), torch.tensor([False, False, True]),
                             torch.tensor([False, False, True]))
     assert torch.isfinite(beta).all() and torch.isfinite(L).all()
     pred = np.einsum("bmp,bp->bm", F, beta.numpy()) + b0.numpy()[:, None]

@@ -18,9 +18,9 @@ import torch
 
 import confounded_patching as cp
 import tiny
-from confounded_patching.coords import StoreNodes, node_source
-from confounded_patching.mediation import aie_many
-from confounded_patching.store import ActivationStore
+from confounded_patching.activations.store import ActivationStore
+from confounded_patching.estimation.aie import aie_many
+from confounded_patching.estimation.node_coords import StoreNodes, node_source
 
 D_N = 8
 

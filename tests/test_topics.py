@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from confounded_patching import InputError
-from confounded_patching.topics import confounder_features, kmeans_topics, one_hot, pca, standardize
+from confounded_patching.estimation.confounders import confounder_features, kmeans_topics, one_hot
+from confounded_patching.estimation.linalg import pca, standardize
 
 
 def _clusters(m=300, D=40, k=3, sep=5.0, seed=0):

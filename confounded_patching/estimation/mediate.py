@@ -1,0 +1,300 @@
+"""The deconfounded analysis of a model's nodes: ``mediate``.
+
+``mediate(model, prompts, nodes, outcome)`` runs the whole pipeline of
+Fotouhi et al. (arXiv 2412.02893) on a model:
+
+1. one capture pass over the prompts
+   (:func:`~confounded_patching.activations.capturing.collect`):
+   every node's activation, the outcome metric on the last-position logits,
+   and a query embedding of each prompt (the model's residual stream at
+   ``embed_layer``, averaged over the prompt's tokens) — or user arrays;
+2. the confounder: k-means topics of the query embeddings (``"kmeans"``,
+   ``n_topics`` clusters), user topic labels, or continuous covariates;
+3. the EB-AIE of every node, adjusted for the confounder and unadjusted,
+   with the entropy-balancing problems batched across nodes and the same
+   random pairs (common random numbers) for every node and both estimators
+   (:func:`~.aie.aie_many`).
+
+The result, :class:`MediationResult`, holds both tables of estimates and
+diagnostics, the topics and the outcome, with ``to_dataframe()`` in long
+form (one row per node and estimator) and ``save``/``load``.
+
+Large runs: with ``store=DIR`` the capture pass writes an on-disk
+:class:`~confounded_patching.activations.store.ActivationStore` (resuming an
+interrupted capture) and the estimator reads it a chunk of nodes at a time
+(:mod:`~.node_coords`), so the
+activations of all nodes are never in memory together; the result equals
+the in-memory one. ``device="cuda"`` runs the entropy-balancing solves on a
+GPU (re-checked in float64 on the CPU). See ``docs/scale.md``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..activations import ActivationStore, Activations, check_nodes, collect
+from ..errors import InputError, describe
+from ..models import adapt
+from ..models.tokens import as_id_lists, token_labels
+from ..nodes import Node
+from ..nodes import nodes as all_nodes
+from ..results import EB_ADJUSTED, EB_UNADJUSTED, Result
+from ..validation import resolve_device
+from .aie import AIETable, aie_tables
+from .confounders import is_labels, kmeans_topics
+from .options import AIEOptions
+from .partners import pair_index
+
+__all__ = ["mediate", "MediationResult", "warn_if_degenerate"]
+
+
+@dataclass(frozen=True)
+class MediationResult(Result):
+    """EB-AIE of many nodes, adjusted for a confounder and unadjusted.
+
+    Attributes:
+        nodes: the nodes, in the order given.
+        adjusted: per-node estimates balancing the confounder (None without one).
+        unadjusted: per-node estimates without the confounder (the "normal" estimator).
+        topics: the confounder's topic label per prompt (None for covariates).
+        outcome: the outcome per prompt ``[m]``.
+        outcome_name: the metric's name, or ``"labels"``.
+        query: how the query embedding was obtained.
+        tokens: token labels (``tok_i``) of the first prompt, for position axes.
+        settings: the estimator settings used.
+    """
+
+    nodes: list
+    adjusted: AIETable | None
+    unadjusted: AIETable
+    topics: np.ndarray | None
+    outcome: np.ndarray
+    outcome_name: str
+    query: str
+    tokens: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def value(self) -> np.ndarray:
+        """Adjusted AIE per node (unadjusted when there is no confounder)."""
+        return (self.adjusted or self.unadjusted).value
+
+    def table(self, adjusted: bool = True) -> AIETable:
+        return self.adjusted if adjusted and self.adjusted is not None else self.unadjusted
+
+    def to_dataframe(self):
+        """Long form: one row per node and estimator (``eb:adjusted``, ``eb:unadjusted``)."""
+        import pandas as pd
+
+        frames = []
+        for name, tab in ((EB_ADJUSTED, self.adjusted), (EB_UNADJUSTED, self.unadjusted)):
+            if tab is None:
+                continue
+            df = tab.to_dataframe()
+            df["node"] = [n.label for n in self.nodes]
+            df.insert(1, "kind", [n.kind for n in self.nodes])
+            df.insert(2, "layer", [n.layer for n in self.nodes])
+            df.insert(3, "head", [getattr(n, "head", None) for n in self.nodes])
+            df.insert(4, "pos", [n.pos for n in self.nodes])
+            df.insert(5, "method", name)
+            df["metric"] = self.outcome_name
+            frames.append(df)
+        return pd.concat(frames, ignore_index=True)
+
+
+def warn_if_degenerate(name: str, table: AIETable, *, share: float = 0.5, pair_ess: float = 1e-3,
+                       stacklevel: int = 1) -> None:
+    """Warn when most nodes' weights are infeasible or their pair weights are concentrated on a few pairs.
+
+    ``stacklevel``: whose code the warning points at (1: the caller).
+    """
+    n = len(table.value)
+    infeasible = sum(s == "infeasible" for s in table.status)
+    with np.errstate(invalid="ignore"):
+        tiny = int(np.sum(np.nan_to_num(table.pair_ess, nan=0.0) < pair_ess))
+    if n and (infeasible > share * n or tiny > share * n):
+        topics = ""
+        if np.isfinite(table.ess_x):
+            topics = (f" The topic model keeps an effective sample size of {table.ess_x:.0f} of {table.n} prompts: "
+                      f"topics that barely overlap in query space have the same effect on the adjusted estimator, "
+                      f"and more prompts do not add overlap.")
+        warnings.warn(
+            f"{name} EB-AIE: {infeasible} of {n} nodes have infeasible balance and {tiny} have pair-weight ESS "
+            f"below {pair_ess:g} of n*K; these nodes' values are not reliable. A node that is close to a "
+            f"deterministic function of the query leaves no overlap to reweight (positivity). Fewer dimensions "
+            f"(d_q, d_n), more prompts, or a coarser query help; see cp.plot.diagnostics and docs/evidence.md.{topics}",
+            stacklevel=stacklevel + 1,
+        )
+
+
+def _outcome_values(metric, outcome, acts: Activations, m: int) -> tuple[np.ndarray, str]:
+    if metric is not None:
+        if acts.outcome is None:
+            raise InputError("activations hold no outcome; pass the metric to collect() or outcome labels here")
+        return acts.outcome.numpy().astype(float), acts.meta.get("metric") or getattr(metric, "name", "metric")
+    y = np.asarray(outcome.detach().cpu().numpy() if isinstance(outcome, torch.Tensor) else outcome, dtype=float)
+    if y.shape != (m,):
+        raise InputError(f"outcome as labels must have one value per prompt ({m}); received {describe(outcome)}")
+    return y, "labels"
+
+
+def _first_prompt_tokens(tokenizer, prompts) -> list[str]:
+    """Token labels (``tok_i``) of the first prompt, for position axes; [] when unknown."""
+    if prompts is None or tokenizer is None:
+        return []
+    try:
+        first = as_id_lists(prompts if isinstance(prompts, torch.Tensor) else list(prompts)[:1], tokenizer)[0]
+    except InputError:
+        return []
+    return token_labels(tokenizer, first)
+
+
+def mediate(
+    model,
+    prompts,
+    nodes: Sequence[Node] | None = None,
+    outcome=None,
+    *,
+    confounder="kmeans",
+    n_topics: int = 3,
+    query=None,
+    embed_layer: int | None = None,
+    unadjusted: bool = True,
+    K: int = 200,
+    gamma="auto",
+    seed: int = 0,
+    batch_size: int = 32,
+    tokenizer=None,
+    progress: bool = True,
+    remote=None,
+    activations: Activations | ActivationStore | None = None,
+    store=None,
+    device=None,
+    **aie_kwargs,
+) -> MediationResult:
+    """Deconfounded EB-AIE of every node, next to the unadjusted estimate.
+
+    Args:
+        model: nnsight, TransformerLens or HF model (with ``tokenizer``); may be
+            None when ``activations`` are given.
+        prompts: the prompts (strings or token ids); unused with ``activations``.
+        nodes: nodes with integer positions (default: every MLP and head at
+            the last position, ``cp.nodes(model, kinds=("mlp", "head"))``).
+        outcome: a metric on last-position logits (e.g.
+            ``cp.metrics.logit_diff(" he", " she")``), evaluated in the
+            capture pass, or a vector of labels ``[m]`` (e.g. binary).
+        confounder: ``"kmeans"`` (topics of the query embeddings), topic
+            labels ``[m]``, covariates ``[m, k]``, or None (unadjusted only).
+        n_topics: k for ``"kmeans"``.
+        query: query embeddings ``[m, D]``; default: the model's residual
+            stream entering ``embed_layer`` (default ``n_layers // 4``),
+            averaged over each prompt's tokens.
+        unadjusted: also compute the unadjusted ("normal") estimator.
+        progress: progress bars for the capture pass and the estimator (over
+            nodes).
+        K, gamma, seed: see :func:`~.aie.aie_many`; other keyword
+            arguments go there too (``variant``, ``estimator``, ``weights``,
+            ``features``, ``d_q``, ``d_n``, ``n_boot`` ...).
+        activations: a previous :func:`collect` result to reuse (must hold
+            the nodes, and ``outcome``/``embedding`` unless given here): an
+            :class:`~confounded_patching.activations.captured.Activations` in
+            memory, or an :class:`~confounded_patching.activations.store.ActivationStore`
+            read chunk by chunk.
+        store: a directory for an on-disk activation store. With a model,
+            the capture pass writes it (resuming an interrupted capture of
+            the same prompts, nodes and settings); with ``model=None`` an
+            existing store there is read. Either way the estimator streams
+            it: memory grows with ``chunk_size x m x d_n``, not with
+            ``n_nodes x m x d_model``.
+        device: where the entropy-balancing solves run (None: CPU;
+            ``"cuda"``); see :func:`~.aie.aie_many`.
+
+    Returns:
+        :class:`MediationResult`.
+
+    Example::
+
+        >>> res = mediate(model, data.prompts, cp.nodes(model, kinds=("mlp",)),
+        ...               outcome=cp.metrics.logit_diff(" he", " she"), confounder=data.topics)
+        >>> res.to_dataframe().head()
+    """
+    if store is not None and activations is not None:
+        raise InputError("pass either activations=... or store=DIR, not both")
+    if activations is not None and not isinstance(activations, (Activations, ActivationStore)):
+        raise InputError(f"activations must be an Activations (from collect) or an ActivationStore (from "
+                         f"collect(..., store=DIR)); received {describe(activations)}")
+    if store is not None and not isinstance(store, str) and not hasattr(store, "__fspath__"):
+        raise InputError(f"store must be a directory path (str or os.PathLike); received {describe(store)}")
+    if model is None and activations is None and store is None:
+        raise InputError("mediate needs a model, activations=... from a previous collect(), or store=DIR")
+    device = resolve_device(device)
+    if model is None and store is not None:
+        activations = ActivationStore.open(store)
+    if model is None:
+        nodes = list(activations.nodes if nodes is None else nodes)
+        n_layers = activations.meta.get("n_layers", 1)
+    else:
+        adapter = adapt(model, tokenizer)
+        if nodes is None:
+            nodes = all_nodes(n_layers=adapter.spec.n_layers, n_heads=adapter.spec.n_heads, kinds=("mlp", "head"))
+        nodes = check_nodes(adapter, nodes)
+        n_layers = adapter.spec.n_layers
+    if outcome is None:
+        raise InputError("outcome is required: a metric on last-position logits, or a vector of labels [m]")
+    metric = outcome if callable(outcome) else None
+    if embed_layer is None:
+        embed_layer = n_layers // 4
+    if activations is None:
+        activations = collect(adapter, prompts, nodes, batch_size=batch_size, metric=metric,
+                              embed_layer=embed_layer if query is None else None, progress=progress, remote=remote,
+                              store=store)
+    streamed = isinstance(activations, ActivationStore)
+    if streamed:
+        activations.check_complete("activations" if store is None else "store")
+    missing = [n for n in nodes if n not in activations]
+    if missing:
+        raise InputError(f"activations do not hold {len(missing)} of the nodes, e.g. {missing[0]!r}")
+    m = len(activations)
+    y, outcome_name = _outcome_values(metric, outcome, activations, m)
+    if query is None:
+        if activations.embedding is None:
+            raise InputError("activations hold no query embedding; pass query=... or collect(..., embed_layer=...)")
+        layer = activations.meta.get("embed_layer", embed_layer)
+        q, query_name = activations.embedding, f"mean residual stream entering layer {layer}"
+    else:
+        q, query_name = query, "user arrays"
+    topics = None
+    if isinstance(confounder, str):
+        if confounder != "kmeans":
+            raise InputError(f"confounder must be 'kmeans', labels [m], covariates [m, k] or None; received "
+                             f"{confounder!r}")
+        topics = kmeans_topics(q, k=n_topics, seed=seed)
+        confounder = topics
+    elif confounder is not None:
+        arr = np.asarray(confounder)
+        topics = arr if is_labels(arr) else None
+    pairs = aie_kwargs.pop("pairs", None)
+    if pairs is None:
+        pairs = pair_index(m, K, seed)
+    values = activations.select(nodes) if streamed else [activations[n] for n in nodes]
+    options = AIEOptions(K=K, gamma=gamma, seed=seed, pairs=pairs, device=device, **aie_kwargs)
+    wanted = ([confounder] if confounder is not None else []) + ([None] if (unadjusted or confounder is None) else [])
+    # one pass over the nodes for both estimators
+    tables = aie_tables(q, values, y, wanted, options, progress=progress, stacklevel=2)
+    adj = tables[0] if confounder is not None else None
+    unadj = tables[-1] if (unadjusted or confounder is None) else None
+    for name, table in (("adjusted", adj), ("unadjusted", unadj)):
+        if table is not None:
+            warn_if_degenerate(name, table, stacklevel=2)
+    tokens = _first_prompt_tokens(adapter.tokenizer if model is not None else None, prompts)
+    settings = {"K": K, "gamma": gamma if isinstance(gamma, str) else float(gamma), "seed": seed,
+                "n_topics": n_topics if topics is not None else None, "embed_layer": embed_layer,
+                **{k: v for k, v in aie_kwargs.items() if isinstance(v, (int, float, str, bool))}}
+    return MediationResult(nodes=nodes, adjusted=adj, unadjusted=unadj,
+                           topics=None if topics is None else np.asarray(topics).astype(str),
+                           outcome=y, outcome_name=outcome_name, query=query_name, tokens=tokens, settings=settings)
