@@ -1,15 +1,15 @@
 """confounded_patching: activation patching next to a deconfounded indirect effect.
 
-Public names (a table of contents; see each module for the method):
+Public names, by stage of the pipeline (``docs/layout.md`` maps each to its module):
 
 - nodes: ``MLP``, ``Head``, ``Resid``, ``nodes``
 - activations: ``collect``, ``capture``, ``Activations``, ``ActivationStore`` (on disk)
-- classic patching: ``patch``, ``resample``, ``metrics``
-- ablation: ``ablate``, ``ablation_curve``
-- deconfounded estimator: ``EntropyBalancer``, ``balance_features``, ``aie``, ``mediate``
-- figures and data: ``plot``, ``datasets``, ``models``
+- interventions: ``patch``, ``resample``, ``ablate``, ``ablation_curve`` and their results
+- estimation: ``EntropyBalancer``, ``balance_features``, ``aie``, ``aie_many``, ``mediate`` and their results
+- modules: ``metrics``, ``models``, ``datasets``, ``plot``, ``simulate``, ``pipeline``, ``cli``
 
-Importing the package loads neither plotly, nnsight, transformers nor any model.
+Importing the package loads neither torch, plotly, nnsight, transformers nor any model: every name
+above is imported on first use.
 """
 
 from __future__ import annotations
@@ -43,13 +43,14 @@ _LAZY = {
     "mediate": "estimation.mediate",
     "MediationResult": "estimation.mediate",
 }
-# name -> module returned for ``cp.<name>``
+# name -> the module ``cp.<name>`` is (``topics`` is deprecated: its functions moved to ``estimation``)
 _SUBMODULES = {
     "metrics": "metrics",
     "plot": "plot",
     "datasets": "datasets",
     "models": "models",
     "simulate": "estimation.simulate",
+    "pipeline": "pipeline",
     "topics": "topics",
     "cli": "cli",
 }

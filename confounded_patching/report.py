@@ -23,7 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .errors import InputError, describe
+from .plot import agreement, compare, diagnostics, localization
+from .plot.frames import columns, frame
+from .plot.summaries import top_share
+from .results import EB_ADJUSTED, EB_UNADJUSTED, RESAMPLE, RESAMPLE_STRATIFIED, atomic_write, is_score
 
 __all__ = ["write_report", "HOW_TO_READ"]
 
@@ -111,11 +116,9 @@ def _figure_html(fig, div_id: str) -> str:
 
 
 def _summary_rows(results: dict) -> list:
-    from .plot import _columns, top_share
-
     rows = []
     for name, result in results.items():
-        for col in _columns((result,)):
+        for col in columns((result,)):
             df = col.df
             v = df["value"].to_numpy(float)
             finite = np.isfinite(v)
@@ -162,16 +165,16 @@ def _agreement_pairs(cols) -> list:
     """Pairs of columns worth a scatter: every method against the adjusted EB-AIE (or the unadjusted one when
     there is no adjusted), classic patching against the resample AIE, else the first two columns."""
     by_method = {c.method: c for c in cols}
-    target = by_method.get("eb:adjusted") or by_method.get("eb:unadjusted")
+    target = by_method.get(EB_ADJUSTED) or by_method.get(EB_UNADJUSTED)
     pairs = []
     if target is not None:
         for c in cols:
             if c is not target:
                 pairs.append((c, target))
-    if target is None or "resample" in by_method:
-        ref = by_method.get("resample") or by_method.get("resample:stratified")
+    if target is None or RESAMPLE in by_method:
+        ref = by_method.get(RESAMPLE) or by_method.get(RESAMPLE_STRATIFIED)
         for c in cols:
-            if ref is not None and c is not ref and c.method.startswith("patch:"):
+            if ref is not None and c is not ref and is_score(c.method):
                 pairs.append((c, ref))
     if target is None and not pairs and len(cols) >= 2:
         pairs.append((cols[0], cols[1]))
@@ -201,13 +204,10 @@ def write_report(path: str | os.PathLike, results: dict, *, title: str = "confou
     Returns:
         The path written.
     """
-    from . import plot
-    from .results import atomic_write
-
     if not isinstance(results, dict) or not results:
         raise InputError(f"results must be a non-empty dict name -> result; received {describe(results)}")
     path = Path(path)
-    cols = plot._columns(tuple(results.values()))
+    cols = columns(tuple(results.values()))
     figures: list[tuple[str, str, str]] = []  # (section title, description, html)
     skipped: list[str] = []
 
@@ -222,21 +222,21 @@ def write_report(path: str | os.PathLike, results: dict, *, title: str = "confou
     n_units = len({c.units for c in cols})
     col_px = int(max(170, min(300, (1400 - 130 - 120 * n_units) / max(1, len(cols)))))
     add("Per-node effects", "One column per method, one row per node family; hover a cell for its interval and "
-        "diagnostics.", lambda: plot.compare(*results.values(), width_per_column=col_px), "cp-compare")
+        "diagnostics.", lambda: compare(*results.values(), width_per_column=col_px), "cp-compare")
     aie_cols = [c for c in cols if not c.is_score]
     if aie_cols:
         add("Localization", "How concentrated the effects are across nodes (Fotouhi et al., Figure 2).",
-            lambda: plot.localization(*[r for r in results.values()
-                                        if any(not c.is_score for c in plot._columns((r,)))]), "cp-localization")
+            lambda: localization(*[r for r in results.values() if any(not c.is_score for c in columns((r,)))]),
+            "cp-localization")
     for name, result in results.items():
-        df_cols = plot._frame(result).columns
+        df_cols = frame(result).columns
         if any(k in df_cols for k in ("ess", "imbalance", "gamma")):
             add(f"Weight diagnostics: {name}", "Effective sample size, imbalance and γ per node; marker colour = "
-                "solver status.", lambda r=result: plot.diagnostics(r), f"cp-diagnostics-{len(figures)}")
+                "solver status.", lambda r=result: diagnostics(r), f"cp-diagnostics-{len(figures)}")
     scatters = []
     for a, b in _agreement_pairs(cols):
         try:
-            fig = plot.agreement(a.df, b.df)
+            fig = agreement(a.df, b.df)
         except InputError as err:
             skipped.append(f"agreement {a.title} vs {b.title}: {err}")
             continue
@@ -247,11 +247,9 @@ def write_report(path: str | os.PathLike, results: dict, *, title: str = "confou
                                      font=dict(size=13)))
         scatters.append(_figure_html(fig, f"cp-agreement-{len(scatters)}"))
 
-    from plotly.offline import get_plotlyjs
+    from plotly.offline import get_plotlyjs  # here, not at the top: importing the report never loads plotly
 
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    from . import __version__
-
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{_esc(title)}</title>", f"<style>{_CSS}</style>",

@@ -1,0 +1,358 @@
+"""The whole analysis, from a model and prompts to results and an offline HTML report.
+
+Steps: classic patching on clean/corrupt pairs (``patch``), the brute-force
+resample AIE on a random sample of nodes (``resample``), and the EB-AIE,
+adjusted and unadjusted, on every node (``mediate``). :func:`run` writes into
+a folder ``report.html`` (self-contained, offline), each result as
+``NAME.npz`` (``Result.load``) and ``NAME.csv`` (its ``to_dataframe()``),
+the prompts used (``dataset.jsonl``) and ``settings.json``; the files appear
+only when every step succeeded. The command line's ``demo`` and ``run``
+sub-commands (:mod:`~.cli`) parse their options into :class:`Options` and
+call :func:`run`; so can Python code::
+
+    >>> from confounded_patching import pipeline
+    >>> pipeline.run(pipeline.Options(n_pairs=4, steps=("patch", "mediate")), "demo_out")
+
+Bad input (an unknown model path, a malformed JSONL line, prompts too short
+for the node positions ...) raises :class:`UsageError` or
+:class:`~.errors.ConfoundedPatchingError` before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import datasets, metrics
+from .errors import ModelFileNotFound
+from .estimation.mediate import mediate
+from .interventions.patching import patch
+from .interventions.resample import resample
+from .models import smollm2
+from .nodes import nodes as all_nodes
+from .nodes import sort_key
+from .report import write_report
+
+__all__ = ["Options", "run", "run_steps", "UsageError", "STEPS", "Log", "load_model", "load_dataset",
+           "precheck_model", "precheck_dataset", "select_nodes"]
+
+PROG = "confounded-patching"
+STEPS = ("patch", "resample", "mediate")
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line on stderr, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to run. The defaults are the ``demo`` command's (and the defaults of ``run``).
+
+    With SmolLM2 (390 nodes: 30 MLPs and 270 heads at -1, the residual stream at -3, -2, -1) the demo
+    took 6 min on 2 CPU cores shared with other jobs (25 s loading, 90 s classic patching, 30 s
+    resample AIE, 210 s EB-AIE; 250 CPU-seconds in all).
+
+    Attributes:
+        command: ``"demo"`` or ``"run"`` (named in the title and the settings).
+        model: a local Hugging Face model folder, a hub name, or ``"smollm2"`` (the embedded model).
+        dataset: a built-in set name or a ``.jsonl`` file (:func:`~.datasets.from_jsonl`).
+        kinds, positions, resid_positions: the nodes (positions of MLPs and heads; of the residual stream).
+        steps: any of :data:`STEPS`; a step the dataset cannot support is skipped with a note.
+        n_prompts, n_pairs, resample_nodes, resample_pairs, confounder, n_topics, K, dims, n_boot,
+        batch_size, seed, answer, wrong_answer: as the command line's options of the same names.
+        title: the report's title; quiet: no progress bars or stage messages.
+    """
+
+    command: str = "demo"
+    model: str = "smollm2"
+    dataset: str = "professions"
+    kinds: tuple = ("mlp", "head", "resid")
+    positions: tuple = (-1,)
+    resid_positions: tuple = (-3, -2, -1)
+    steps: tuple = STEPS
+    n_prompts: int = 200
+    n_pairs: int = 8
+    resample_nodes: int = 30
+    resample_pairs: int = 32
+    confounder: str = "auto"
+    n_topics: int = 3
+    K: int = 100
+    dims: int | None = None
+    n_boot: int = 100
+    batch_size: int = 64
+    seed: int = 0
+    answer: str | None = None
+    wrong_answer: str | None = None
+    title: str | None = None
+    quiet: bool = False
+
+
+class Log:
+    """Stage messages on stderr, with the seconds since the start (silent when ``quiet``)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.t0 = time.time()
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(f"[{time.time() - self.t0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- model and data
+
+
+def _is_hub_name(name: str) -> bool:
+    """``name`` or ``org/name`` (what the hub accepts), not a path such as ``./x`` or ``/a/b``."""
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", name)) and ".." not in name
+
+
+def precheck_model(name: str) -> None:
+    """Fail fast on a model argument that is neither an existing folder, 'smollm2' nor a hub name."""
+    if name.lower() in ("smollm2", "embedded"):
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise UsageError(f"--model {name}: not a Hugging Face model folder (expected a directory with "
+                             "config.json, weights and tokenizer files, as written by save_pretrained)")
+    elif not _is_hub_name(name):
+        raise UsageError(f"--model {name}: no such model folder")
+
+
+def load_model(name: str):
+    """(model, tokenizer) from 'smollm2', a local folder or a hub name; UsageError when it cannot."""
+    if name.lower() in ("smollm2", "embedded"):
+        try:
+            return smollm2(backend="hf")
+        except ModelFileNotFound as err:
+            raise UsageError(str(err).replace("\n", " ")) from None
+    precheck_model(name)
+    path = Path(name).expanduser()
+    local = path.exists()
+    source = str(path) if local else name
+    # here, not at the top: transformers takes seconds to import, and --help and the embedded model do without
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+    except Exception as err:  # transformers raises OSError, ValueError, EnvironmentError ... for bad folders
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = "folder" if local else "hub name (not a local folder; is it cached or reachable?)"
+        raise UsageError(f"--model {name}: could not load this {where}: {first}") from None
+    model.eval()
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def precheck_dataset(name: str):
+    """Fail fast on a bad dataset argument, before the model is loaded."""
+    if name in datasets.BUILTIN:
+        return None
+    path = Path(name).expanduser()
+    if path.suffix != ".jsonl" and not path.exists():
+        raise UsageError(f"--dataset {name}: expected a built-in set ({', '.join(datasets.BUILTIN)}) or a .jsonl "
+                         "file")
+    if not path.is_file():
+        raise UsageError(f"--dataset {name}: no such file")
+    return datasets.from_jsonl(path)  # raises InputError "file:line: ..." on a malformed line
+
+
+def load_dataset(name: str, tokenizer, n_prompts: int, seed: int):
+    """A built-in set or a ``.jsonl`` file, drawn down to ``n_prompts`` prompts."""
+    if name in datasets.BUILTIN:
+        data = datasets.BUILTIN[name](n=None, seed=seed, tokenizer=tokenizer)
+    else:
+        data = datasets.from_jsonl(Path(name).expanduser(), tokenizer=tokenizer)
+    if len(data) > n_prompts:
+        data = data.subset(n_prompts, seed)
+    return data
+
+
+def select_nodes(model, options: Options) -> list:
+    """The nodes of ``options.kinds``: MLPs and heads at ``positions``, the residual stream at ``resid_positions``."""
+    out = []
+    other = [k for k in options.kinds if k != "resid"]
+    if other:
+        out += all_nodes(model, kinds=other, positions=options.positions)
+    if "resid" in options.kinds:
+        out += all_nodes(model, kinds=("resid",), positions=options.resid_positions)
+    return sorted(set(out), key=sort_key)
+
+
+def _check_lengths(data, tok, options: Options) -> None:
+    """Every prompt must have the positions the nodes ask for."""
+    used = [p for p, kinds in ((options.positions, ("mlp", "head")), (options.resid_positions, ("resid",)))
+            if any(k in options.kinds for k in kinds) for p in p]
+    need = max([-p for p in used if p < 0] + [p + 1 for p in used if p >= 0] + [1])
+    short = [i for i, p in enumerate(data.prompts) if len(tok.encode(p, add_special_tokens=False)) < need]
+    if short:
+        raise UsageError(f"prompt {short[0]} ({data.prompts[short[0]]!r}) has fewer than the {need} tokens that "
+                         f"the node positions need")
+
+
+# ----------------------------------------------------------------------------- the steps
+
+
+def run_steps(options: Options, folder: Path, log: Log) -> dict:
+    """Run the steps and write every output file into ``folder``; returns the settings written."""
+    precheck_dataset(options.dataset)
+    precheck_model(options.model)
+    log(f"loading model {options.model}")
+    model, tok = load_model(options.model)
+    log(f"loading dataset {options.dataset}")
+    data = load_dataset(options.dataset, tok, options.n_prompts, options.seed)
+    nodes = select_nodes(model, options)
+    _check_lengths(data, tok, options)
+    metric = data.metric  # a per-row metric (capitals, ioi) follows the rows through subset/take
+    own_metric = options.answer is not None
+    if own_metric:
+        metric = metrics.logit_diff(options.answer, options.wrong_answer)
+    log(f"{len(data)} prompts, {len(nodes)} nodes; steps: {', '.join(options.steps)}")
+    results, notes = {}, []
+
+    def skip(step, why):
+        notes.append(f"{step} skipped: {why}")
+        log(f"skipping {step}: {why}")
+
+    context = dict(model=model, tok=tok, data=data, nodes=nodes, metric=metric, own_metric=own_metric, log=log,
+                   skip=skip, progress=not options.quiet)
+    if "patch" in options.steps:
+        _patch_step(results, options, **context)
+    if "resample" in options.steps and options.resample_nodes > 0:
+        _resample_step(results, options, **context)
+    if "mediate" in options.steps:
+        _mediate_step(results, options, **context)
+    if not results:
+        raise UsageError("nothing to do: " + ("; ".join(notes) if notes else "no step selected"))
+    return _write(folder, results, notes, options, data, nodes, metric, log)
+
+
+def _patch_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress):
+    if not data.has_pairs:
+        skip("classic patching", "the dataset has no clean/corrupt pairs")
+    elif metric is None:
+        skip("classic patching", "the dataset has no metric (give --answer and --wrong-answer)")
+    else:
+        pairs = data.subset(min(options.n_pairs, len(data)), options.seed + 1)
+        log(f"classic patching: {len(pairs)} pairs x {len(nodes)} nodes")
+        results["patch"] = patch(model, list(pairs.clean), list(pairs.corrupt), nodes,
+                                 metric if own_metric else pairs.metric, tokenizer=tok,
+                                 batch_size=options.batch_size, progress=progress)
+
+
+def _resample_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress):
+    if metric is None:
+        skip("resample AIE", "the dataset has no metric (give --answer and --wrong-answer)")
+        return
+    rng = np.random.default_rng(options.seed)
+    pick = sorted(rng.choice(len(nodes), min(options.resample_nodes, len(nodes)), replace=False))
+    sample = [nodes[i] for i in pick]
+    log(f"resample AIE: {len(sample)} sampled nodes x {options.resample_pairs} prompt pairs")
+    results["resample"] = resample(model, list(data.prompts), sample, metric, n_pairs=options.resample_pairs,
+                                   seed=options.seed, tokenizer=tok, batch_size=options.batch_size, progress=progress)
+
+
+def _mediate_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress):
+    outcome = list(data.labels) if data.labels is not None and not own_metric else metric
+    if outcome is None:
+        skip("EB-AIE", "the dataset has neither labels nor a metric (give --answer and --wrong-answer)")
+        return
+    confounder = options.confounder
+    if confounder == "auto":
+        confounder = "topics" if data.topics is not None else "kmeans"
+    if confounder == "topics" and data.topics is None:
+        raise UsageError("--confounder topics: the dataset has no topic labels")
+    conf = {"topics": list(data.topics) if data.topics is not None else None, "kmeans": "kmeans",
+            "none": None}[confounder]
+    log(f"EB-AIE (confounder: {confounder}) on {len(nodes)} nodes, {len(data)} prompts")
+    dims = {} if options.dims is None else {"d_q": options.dims, "d_n": options.dims}
+    results["mediation"] = mediate(model, list(data.prompts), nodes, outcome, confounder=conf,
+                                   n_topics=options.n_topics, K=options.K, seed=options.seed,
+                                   batch_size=options.batch_size, tokenizer=tok, progress=progress,
+                                   n_boot=options.n_boot, **dims)
+
+
+def _write(folder: Path, results: dict, notes: list, options: Options, data, nodes, metric, log: Log) -> dict:
+    """Results as .npz and .csv, the prompts, the report and the settings, into ``folder``."""
+    settings = {
+        "command": options.command, "model": options.model, "dataset": options.dataset, "n_prompts": len(data),
+        "n_dropped_pairs": data.n_dropped, "metric": getattr(metric, "name", None),
+        "outcome": "labels" if (data.labels is not None and "mediation" in results and
+                                options.answer is None) else getattr(metric, "name", None),
+        "kinds": list(options.kinds), "positions": list(options.positions),
+        "resid_positions": list(options.resid_positions), "n_nodes": len(nodes), "steps": list(options.steps),
+        "n_pairs": options.n_pairs, "resample_nodes": options.resample_nodes,
+        "resample_pairs": options.resample_pairs, "confounder": options.confounder, "n_topics": options.n_topics,
+        "K": options.K, "dims": options.dims if options.dims is not None else "library default",
+        "n_boot": options.n_boot, "batch_size": options.batch_size, "seed": options.seed,
+    }
+    log("writing results")
+    for name, result in results.items():
+        result.save(folder / f"{name}.npz")
+        result.to_dataframe().to_csv(folder / f"{name}.csv", index=False)
+    data.to_jsonl(folder / "dataset.jsonl")
+    settings["seconds"] = round(time.time() - log.t0, 1)
+    title = options.title or f"{PROG} {options.command}: {options.model} on {options.dataset}"
+    note = (f"{len(data)} prompts from {options.dataset}; {len(nodes)} nodes "
+            f"({', '.join(options.kinds)}). {data.description}")
+    if notes:
+        note += "\n\n" + " ".join(n + "." for n in notes)
+    log("writing report.html")
+    write_report(folder / "report.html", results, title=title, notes=note, settings=settings)
+    (folder / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
+    return settings
+
+
+# ----------------------------------------------------------------------------- the output folder
+
+
+def _commit(tmp: Path, out: Path) -> list:
+    """Move every file of ``tmp`` into ``out`` (created if missing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    umask = os.umask(0)
+    os.umask(umask)
+    moved = []
+    for f in sorted(tmp.iterdir()):
+        os.chmod(f, 0o666 & ~umask)  # temporary files are created private (0600); give them the usual mode
+        os.replace(f, out / f.name)
+        moved.append(out / f.name)
+    return moved
+
+
+def run(options: Options, out, log: Log | None = None) -> list:
+    """Run ``options``' steps and write their files into the folder ``out``; returns the files written.
+
+    The files are written into a temporary folder next to ``out`` and moved into ``out`` (created if
+    missing; files of the same names are replaced) once everything succeeded: on an error nothing in
+    ``out`` changes.
+    """
+    log = Log(options.quiet) if log is None else log
+    given = str(out)
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {given}: exists and is not a folder")
+    tmp = None
+    try:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        except OSError as err:
+            raise UsageError(f"--out {given}: cannot write there ({err.strerror or err})") from None
+        run_steps(options, tmp, log)
+        return _commit(tmp, out)
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
