@@ -1,6 +1,8 @@
 """The tutorial notebooks run top to bottom, offline, with small sizes; the committed files are clean.
 
-Each notebook runs in a fresh ``python3`` kernel (ipykernel, started with this
+Each notebook is written as a jupytext "percent" source (``notebooks/NN_name.py``, ``# %%`` cells) from
+which the ``.ipynb`` is generated (``jupytext --update --to ipynb notebooks/NN_name.py``) and committed
+without outputs. Each notebook runs in a fresh ``python3`` kernel (ipykernel, started with this
 interpreter) with ``CP_NOTEBOOK_SMALL=1`` (tiny sizes) and
 ``HF_HUB_OFFLINE=1``; any cell error fails the test with the cell's
 traceback. The notebooks that load SmolLM2 take ~20-40 s each, most of it
@@ -12,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -74,8 +77,9 @@ def test_every_notebook_is_listed():
 
 @pytest.mark.parametrize("name", sorted(NEEDS))
 def test_committed_notebook_is_clean_and_built_from_source(name):
-    """Stored without outputs, valid, with the Colab cell and the size switch, and equal to notebooks/_build.py."""
+    """Stored without outputs, valid, with the Colab cell and the size switch, and equal to its jupytext source."""
     nbformat = pytest.importorskip("nbformat")
+    jupytext = pytest.importorskip("jupytext")
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(nb)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -83,14 +87,19 @@ def test_committed_notebook_is_clean_and_built_from_source(name):
     assert '"google.colab" in sys.modules' in code[0].source and "%pip install" in code[0].source
     assert any('os.environ.get("CP_NOTEBOOK_SMALL") == "1"' in c.source for c in code[:3])
 
-    sys.path.insert(0, str(NOTEBOOKS))
-    try:
-        import _build
-    finally:
-        sys.path.remove(str(NOTEBOOKS))
-    built = _build.build(_build.NOTEBOOKS[name])
+    source = NOTEBOOKS / name.replace(".ipynb", ".py")
+    built = jupytext.read(source)
     assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in built.cells], \
-        f"{name} differs from notebooks/_build.py: run `python notebooks/_build.py`"
+        f"{name} differs from {source.name}: run `jupytext --update --to ipynb notebooks/{source.name}`"
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_notebook_source_is_python_and_uses_public_names_only(name):
+    """The jupytext source compiles (magics stay comments there) and reaches the library only through ``cp``."""
+    source = (NOTEBOOKS / name.replace(".ipynb", ".py")).read_text()
+    compile(source, name, "exec")
+    assert not re.findall(r"(?:from|import) confounded_patching\.", source)
+    assert "from confounded_patching import" not in source
 
 
 def _execute(name: str, kernel: str, monkeypatch) -> tuple[object, float]:
