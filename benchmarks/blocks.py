@@ -4,7 +4,7 @@ The same arithmetic (one multiply of ``N`` float32 numbers into a new
 tensor, ``N`` = 2**26 in all) is done as temporaries of 1 to 128 MiB. Above
 32 MiB glibc serves each allocation with fresh ``mmap`` pages that the
 kernel must fault in and zero, so the time per number jumps;
-``confounded_patching.blocks.BLOCK_FLOATS`` (4 MiB in float32, 8 MiB in
+``confounded_patching.estimation.linalg.BLOCK_FLOATS`` (4 MiB in float32, 8 MiB in
 float64) keeps every hot temporary below that. Sizes are interleaved over
 rounds and the ratio to the 4 MiB block is printed.
 

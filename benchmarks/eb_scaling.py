@@ -1,6 +1,6 @@
 """Time and peak memory of the batched multi-node AIE (``aie_many``) on synthetic data shaped like real use.
 
-Real use (DESIGN.md section 6): every node of SmolLM2-135M (30 MLP + 270 heads +
+Real use (docs/scale.md): every node of SmolLM2-135M (30 MLP + 270 heads +
 240 residual = 540 nodes), query embeddings and activations reduced by PCA to
 d = 25, K = 200 partners per prompt, m = 250 / 500 / 1000 prompts, 3 topics.
 Activations here are synthetic (``raw_dim`` wide, a random mix of a
@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 import torch
 
-from confounded_patching.mediation import aie_many
+from confounded_patching import aie_many
 
 
 def synthetic(m: int, n_nodes: int, raw_dim: int = 64, d_q: int = 32, k: int = 3, seed: int = 0):

@@ -63,9 +63,7 @@ def _reset_peak() -> bool:
 def worker(store_dir: str, m: int, n_boot: int) -> None:
     import numpy as np
 
-    from confounded_patching.store import ActivationStore
-
-    store = ActivationStore.open(store_dir)
+    store = cp.ActivationStore.open(store_dir)
     acts = store.load()
     sub = cp.Activations(nodes=acts.nodes, values=[v[:m].clone() for v in acts.values], lengths=acts.lengths[:m],
                          outcome=acts.outcome[:m], embedding=acts.embedding[:m], meta=acts.meta)

@@ -101,9 +101,8 @@ def mediate(args, m: int, store_dir: Path, mode: str) -> dict:
     import numpy as np
 
     import confounded_patching as cp
-    from confounded_patching.store import ActivationStore
 
-    store = ActivationStore.open(store_dir)
+    store = cp.ActivationStore.open(store_dir)
     topics = np.array(json.loads((store_dir / "topics.json").read_text()))
     kw = dict(confounder=topics, K=args.K, n_boot=args.n_boot, chunk_size=args.chunk_size, progress=False)
     metric = cp.metrics.logit_diff(" he", " she")

@@ -32,11 +32,12 @@ import numpy as np
 import torch
 
 import confounded_patching as cp
-from confounded_patching.balancing import EntropyBalancer, _Factored, feature_layout
-from confounded_patching.coords import _coords, node_source
-from confounded_patching.gamma_rule import GammaRule, select_gamma_x
-from confounded_patching.topics import confounder_features
-from confounded_patching.weighting import embed_lambda_x, gamma_max_products
+from confounded_patching.estimation.balancer import EntropyBalancer
+from confounded_patching.estimation.confounders import confounder_features
+from confounded_patching.estimation.features import FactoredFeatures, feature_layout
+from confounded_patching.estimation.gamma_rule import GammaRule, select_gamma_x
+from confounded_patching.estimation.node_coords import coords, node_source
+from confounded_patching.estimation.ratio_models import embed_lambda_x, gamma_max_products
 
 from mediation import PREFIX, nodes_for
 
@@ -50,7 +51,7 @@ def problems(store_dir: str, n_nodes: int = 64):
                        batch_size=32, store=store_dir, progress=False)
     heads = [n for n in nodes if isinstance(n, cp.Head)][:n_nodes]
     m = len(data.prompts)
-    q = _coords("query", store.embedding.to(torch.float64), 25, 0).float()
+    q = coords(store.embedding.to(torch.float64), 25, 0).float()
     n = node_source(store.select(heads), m).coords(list(range(len(heads))), 25, 0).float()  # as the estimator does
     x = torch.from_numpy(confounder_features(np.asarray(data.topics), m)[0]).float()
     B, m, d_n = n.shape
@@ -108,7 +109,7 @@ def main() -> None:
                   f"{st.count('max_iter')} | {eb.n_iter_.mean():.0f} / {eb.n_iter_.max()} |")
         both = [i for i, (a, b) in enumerate(zip(fits["newton"].status_, fits["fista"].status_))
                 if a == b == "converged"]
-        op = _Factored(q.double(), z.double(), True)
+        op = FactoredFeatures(q.double(), z.double(), True)
 
         def objective(lam):
             lam = torch.as_tensor(lam).double()

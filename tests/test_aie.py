@@ -12,7 +12,7 @@ true densities is shrunk at m = 2000 (docs/estimator.md).
 
 from __future__ import annotations
 
-import warnings
+import inspect
 
 import numpy as np
 import pytest
@@ -20,37 +20,10 @@ import torch
 
 from confounded_patching import InputError
 from confounded_patching.estimation import simulate as S
-from confounded_patching.estimation.gamma_rule import GammaRule
 from confounded_patching.estimation.aie import AIEResult, AIETable, aie, aie_many
-from confounded_patching.estimation.partners import Partners, pair_index, stats_ht
-from confounded_patching.estimation.ratio_models import RatioModel
-
-FAST = dict(d_q=2, d_n=2, K=100, n_boot=200)
-
-
-def _quiet(fn, *args, **kwargs):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return fn(*args, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def sem():
-    return S.gaussian_sem(m=2000, d_q=2, d_n=2, strength=0.5, confounding=0.5, seed=102)
-
-
-@pytest.fixture(scope="module")
-def sem_strong():
-    """Topic-only node strongly correlated with the query through the topic."""
-    return S.gaussian_sem(m=2000, d_q=2, d_n=2, strength=1.0, confounding=0.5, seed=102)
-
-
-@pytest.fixture(scope="module")
-def sem_table(sem):
-    return aie_many(sem.query, sem.nodes, sem.outcome, sem.topics, **FAST)
-
-
-# ----------------------------------------------------------------------------- planted truth
+from confounded_patching.estimation.options import AIEOptions
+from confounded_patching.estimation.partners import pair_index
+from simulations import FAST, quiet, sem, sem_strong, sem_table  # noqa: F401  (fixtures)
 
 
 def test_adjusted_aie_recovers_the_causal_node_and_zeroes_the_topic_only_node(sem, sem_table):
@@ -65,7 +38,7 @@ def test_adjusted_aie_recovers_the_causal_node_and_zeroes_the_topic_only_node(se
 
 
 def test_unadjusted_estimator_reports_the_topic_only_node_the_adjusted_one_does_not(sem_strong):
-    adj = _quiet(aie_many, sem_strong.query, sem_strong.nodes, sem_strong.outcome, sem_strong.topics, **FAST)
+    adj = quiet(aie_many, sem_strong.query, sem_strong.nodes, sem_strong.outcome, sem_strong.topics, **FAST)
     raw = aie_many(sem_strong.query, sem_strong.nodes, sem_strong.outcome, None, **FAST)
     assert sem_strong.truth[1] == 0
     assert abs(adj.value[1]) < 0.06
@@ -76,7 +49,7 @@ def test_unadjusted_estimator_reports_the_topic_only_node_the_adjusted_one_does_
 
 def test_additive_outcome_has_zero_aie_for_every_node():
     sim = S.additive(m=2000, d_q=2, d_n=2, confounding=0.5, seed=103)
-    table = _quiet(aie_many, sim.query, sim.nodes, sim.outcome, sim.topics, **FAST)
+    table = quiet(aie_many, sim.query, sim.nodes, sim.outcome, sim.topics, **FAST)
     np.testing.assert_array_less(np.abs(table.value), 0.06)
 
 
@@ -112,52 +85,6 @@ def test_parametric_weights_of_appendix_a_recover_the_truth_in_low_dimension(sem
     r = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, weights="parametric", **FAST)
     assert np.isnan(r.gamma) and r.weights == "parametric"
     assert abs(r.value - sem.truth[0]) < 0.3 * abs(sem.truth[0])
-
-
-# ----------------------------------------------------------------------------- the gamma rule
-
-
-def test_auto_gamma_stops_for_a_stated_reason(sem):
-    """The chosen gamma passes every criterion; the next path point fails at least one."""
-    kw = dict(FAST, n_boot=0)
-    auto = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, **kw)
-    rule = GammaRule()
-    assert auto.gamma >= auto.gamma_noise
-    assert auto.gamma < auto.gamma_max  # it moved off the uniform start
-    top = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, gamma=auto.gamma_max, gamma_x=auto.gamma_x, **kw)
-    here = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, gamma=auto.gamma, gamma_x=auto.gamma_x, **kw)
-    nxt = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, gamma=auto.gamma * rule.ratio, gamma_x=auto.gamma_x,
-              **kw)
-    assert here.value == pytest.approx(auto.value, abs=1e-3)
-    assert here.pair_ess >= rule.pair_ess_floor * top.pair_ess
-    stops = (nxt.status != "converged", auto.gamma * rule.ratio < auto.gamma_noise,
-             nxt.pair_ess < rule.pair_ess_floor * top.pair_ess)
-    assert any(stops)
-
-
-def test_auto_gamma_leaves_a_node_unrelated_to_the_query_at_zero():
-    rng = np.random.default_rng(7)
-    q = rng.normal(size=(1500, 2))
-    noise_node = rng.normal(size=(1500, 2))
-    y = q[:, 0] * noise_node[:, 0] + rng.normal(size=1500)
-    r = aie(q, noise_node, y, None, **FAST)
-    assert r.gamma >= r.gamma_noise or r.gamma == pytest.approx(r.gamma_max)
-    assert abs(r.value) < 0.03
-
-
-def test_auto_gamma_for_nearly_separated_topics_still_adjusts():
-    rng = np.random.default_rng(8)
-    topics = rng.integers(0, 3, size=1500)
-    q = np.eye(3, 2)[topics] * 4.0 + rng.normal(size=(1500, 2))  # topics almost separable in query space
-    node = q @ np.array([[0.5, 0.0], [0.0, 0.5]]) + rng.normal(size=(1500, 2))
-    y = (q * node).sum(1) + topics + rng.normal(size=1500)
-    with pytest.warns(UserWarning, match="topics barely overlap in query space"):
-        r = aie(q, node, y, topics, **FAST)
-    assert r.status_x == "converged"
-    assert r.ess_x < r.n  # pi_x is not the uniform fallback: the tightest feasible balance was found
-
-
-# ----------------------------------------------------------------------------- estimator properties
 
 
 def test_uniform_weights_give_exactly_zero_unadjusted_aie(sem):
@@ -221,43 +148,11 @@ def test_infeasible_balance_gives_nan_and_says_so():
     assert np.isnan(r.value) and np.isnan(r.ci_low)
 
 
-def test_binary_outcome_terms_skip_prompts_with_zero_outcome():
-    rng = np.random.default_rng(1)
-    m, K, B, d = 300, 20, 3, 2
-    t = lambda a: torch.tensor(a)  # noqa: E731
-    y = t((rng.random(m) < 0.2).astype(float))
-    q = t(rng.normal(size=(m, d)))
-    J = t(pair_index(m, K, seed=1))
-    lp, dx = t(rng.normal(size=m) * 0.3), t(rng.normal(size=(m, K)) * 0.3)
-    model = RatioModel(a=t(rng.normal(size=(B, m)) * 0.3), U=t(rng.normal(size=(B, m, d)) * 0.3),
-                       log_pi=torch.zeros(B, m), status=["converged"] * B, gamma=torch.zeros(B),
-                       ess=torch.zeros(B), imbalance=torch.zeros(B), n_iter=torch.zeros(B))
-    counts = t(rng.multinomial(m, np.full(m, 1 / m), size=5).astype(float))
-    rows = torch.nonzero(y != 0).flatten()
-    full = Partners(q, J, lp, dx, torch.arange(m)).ht_row_means(model, y, "eq2", None)[0]
-    sub = Partners(q, J, lp, dx, rows).ht_row_means(model, y, "eq2", None)[0]
-    for a, b in zip(stats_ht(full, counts), stats_ht(sub, counts)):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-12)
-
-
 def test_winsorizing_clips_the_stated_share_of_terms(sem):
     r = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, estimator="ht", winsorize=0.05, **FAST)
     assert r.winsorized == pytest.approx(0.10, abs=0.01)
     r0 = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, estimator="ht", winsorize=None, **FAST)
     assert r0.winsorized == 0.0
-
-
-def test_pair_index_partners_are_distinct_others_and_seeded():
-    J = pair_index(50, 10, seed=3)
-    assert J.shape == (50, 10)
-    assert not np.any(J == np.arange(50)[:, None])
-    assert all(len(set(row)) == 10 for row in J)
-    np.testing.assert_array_equal(J, pair_index(50, 10, seed=3))
-    assert not np.array_equal(J, pair_index(50, 10, seed=4))
-    assert pair_index(5, 200).shape == (5, 4)  # K is capped at m - 1
-
-
-# ----------------------------------------------------------------------------- results
 
 
 def test_results_round_trip_through_save_and_load(tmp_path, sem_table):
@@ -276,9 +171,6 @@ def test_dataframe_has_one_row_per_node_with_diagnostics(sem_table):
     for col in ("value", "ci_low", "ci_high", "gamma", "ess", "pair_ess", "imbalance", "status", "winsorized",
                 "gamma_x", "ess_x"):
         assert col in df.columns
-
-
-# ----------------------------------------------------------------------------- input errors
 
 
 def test_mismatched_lengths_name_the_argument(sem):
@@ -330,23 +222,6 @@ def test_several_nodes_passed_to_aie_point_to_aie_many(sem):
         aie(sem.query, sem.nodes, sem.outcome)
 
 
-def test_calibration_survives_log_weights_spread_beyond_float_range():
-    import torch
-
-    from confounded_patching.estimation.partners import calibrate
-
-    g = torch.Generator().manual_seed(0)
-    m = 60
-    logW = torch.randn(2, m, generator=g, dtype=torch.float64) * 3
-    logW[:, 0] -= 1000.0  # exp underflows to exactly 0 without a floor
-    H = torch.randn(2, m, 3, generator=g, dtype=torch.float64)
-    out = calibrate(logW, torch.ones(m, dtype=torch.float64), H)
-    assert out.shape == logW.shape and torch.isfinite(out).all()
-
-
-# ----------------------------------------------------------------------------- device=
-
-
 def test_device_cpu_gives_the_default_table(sem, sem_table):
     on_cpu = aie_many(sem.query, sem.nodes, sem.outcome, sem.topics, device="cpu", **FAST)
     np.testing.assert_array_equal(on_cpu.value, sem_table.value)
@@ -376,18 +251,15 @@ def test_cuda_without_a_gpu_is_rejected_before_any_work(sem):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_solves_agree_with_the_cpu(sem, sem_table):
-    gpu = _quiet(aie_many, sem.query, sem.nodes, sem.outcome, sem.topics, device="cuda", **FAST)
+    gpu = quiet(aie_many, sem.query, sem.nodes, sem.outcome, sem.topics, device="cuda", **FAST)
     assert gpu.status == sem_table.status
     np.testing.assert_allclose(gpu.value, sem_table.value, rtol=1e-3, atol=1e-3)
 
 
-@pytest.mark.parametrize("estimator", ["hajek", "ht"])
-def test_prompt_blocks_of_the_pair_computations_change_nothing(sem, monkeypatch, estimator):
-    """Pairs are processed in blocks of prompts for large m; tiny blocks must give the same table."""
-    kw = dict(FAST, n_boot=20, estimator=estimator)
-    whole = _quiet(aie_many, sem.query, sem.nodes, sem.outcome, sem.topics, **kw)
-    monkeypatch.setattr(Partners, "BLOCK_FLOATS", 100 * 2 * 7)  # 7 prompts per block
-    blocked = _quiet(aie_many, sem.query, sem.nodes, sem.outcome, sem.topics, **kw)
-    for name in ("value", "pair_ess", "ci_low", "ci_high", "ess"):
-        np.testing.assert_allclose(getattr(blocked, name), getattr(whole, name), rtol=1e-9, atol=1e-12)
-    assert np.all(np.isfinite(whole.value)) and np.abs(whole.value).max() > 0.05
+def test_aie_and_aie_many_take_the_settings_of_aie_options():
+    """One list of settings: the keywords of aie_many (and aie, but chunk_size) are AIEOptions' fields."""
+    fields = {f: p.default for f, p in inspect.signature(AIEOptions).parameters.items()}
+    many = {k: p.default for k, p in inspect.signature(aie_many).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    one = {k: p.default for k, p in inspect.signature(aie).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    assert many == fields
+    assert one == {k: (torch.float64 if k == "dtype" else v) for k, v in fields.items() if k != "chunk_size"}

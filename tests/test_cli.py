@@ -1,40 +1,13 @@
 """The confounded-patching command line: a run on a tiny local model, help text, and bad input."""
 
 import json
-import random
 
 import pandas as pd
 import pytest
 
 import confounded_patching as cp
-import tiny
 from confounded_patching import cli
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny-gpt2"
-    tiny.hf_model("gpt2").save_pretrained(path)
-    tiny.tokenizer().save_pretrained(path)
-    return path
-
-
-def _write_jsonl(path, n=60, seed=0):
-    """Prompts with topics, corrupt versions and answers that differ by row (a per-row metric)."""
-    rng = random.Random(seed)
-    with open(path, "w") as fh:
-        for _ in range(n):
-            words = [f"w{rng.randrange(3, 90)}" for _ in range(rng.randrange(4, 7))]
-            corrupt = ["w95"] + words[1:]
-            answer, wrong = rng.choice([(" w10", " w11"), (" w12", " w13")])
-            fh.write(json.dumps({"prompt": " ".join(words), "topic": rng.choice("abc"), "corrupt": " ".join(corrupt),
-                                 "answer": answer, "wrong_answer": wrong}) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def jsonl(tmp_path_factory):
-    return _write_jsonl(tmp_path_factory.mktemp("data") / "prompts.jsonl")
+from runs import jsonl, model_dir  # noqa: F401  (fixtures)
 
 
 SMALL = ["--dims", "2", "--n-boot", "10", "-K", "10", "--n-pairs", "2", "--resample-nodes", "4",

@@ -17,8 +17,6 @@ import confounded_patching as cp
 from confounded_patching.datasets import (
     Labeler,
     PromptSet,
-    RowMetric,
-    answer_logit_diff,
     capitals,
     from_jsonl,
     ioi,
@@ -32,8 +30,7 @@ from confounded_patching.datasets import (
 from confounded_patching.errors import InputError
 from confounded_patching.metrics import Metric
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tokenizers_offline  # noqa: E402
+import tokenizers_offline
 
 # Every built-in set at its full size, with each corruption variant.
 FULL = {
@@ -44,20 +41,6 @@ FULL = {
     "ioi-abc": lambda **kw: ioi(n=500, corruption="abc", **kw),
     "topic_toxicity": lambda **kw: topic_toxicity(n=None, **kw),
 }
-
-
-@pytest.fixture(scope="session")
-def smol_tok():
-    tok, reason = tokenizers_offline.smollm2_tokenizer()
-    if tok is None:
-        print(f"skipping SmolLM2 tokenizer tests: {reason}")
-        pytest.skip(reason)
-    return tok
-
-
-@pytest.fixture(scope="session")
-def gpt2_style_tok():
-    return tokenizers_offline.gpt2_style_tokenizer()
 
 
 def token_count(tok, text: str) -> int:
@@ -166,26 +149,6 @@ def test_metric_tokens_are_single_tokens_under_smollm2(smol_tok):
     )
     lexicon_metric = topic_toxicity().metric.bind(smol_tok)
     assert len(lexicon_metric.ids) >= 10
-
-
-def test_answer_metric_scores_each_row_with_its_own_tokens():
-    metric = answer_logit_diff([3, 1], [0, 2])
-    logits = torch.arange(12.0).reshape(2, 6)  # row r, token t -> 6r + t
-    assert torch.equal(metric(logits), torch.tensor([3.0 - 0.0, 7.0 - 8.0]))
-    repeated = metric.take([1, 1, 0])
-    assert torch.equal(repeated(torch.arange(18.0).reshape(3, 6)), torch.tensor([-1.0, -1.0, 15.0 - 12.0]))
-    with pytest.raises(InputError, match=r"scores 2 rows .* shape \(3, 6\).*\.take"):
-        metric(torch.zeros(3, 6))
-
-
-def test_answer_metric_binds_then_takes_rows(smol_tok):
-    data = capitals(n=None)
-    bound = data.metric.bind(smol_tok)
-    rows = [5, 0, 5]
-    taken = bound.take(rows)
-    expected = [smol_tok.encode(data.answers[r], add_special_tokens=False)[0] for r in rows]
-    assert list(taken.ids[:3]) == expected
-    assert isinstance(taken, RowMetric) and taken.per_row
 
 
 def test_subset_keeps_the_per_row_metric_aligned():

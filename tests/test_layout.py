@@ -199,3 +199,18 @@ def test_old_module_paths_still_import_and_say_where_the_names_went():
         assert result.returncode != 0 and "is deprecated" in result.stderr, old
         result = _python(f"import {NAME}.{old} as m; assert m.__all__ and all(hasattr(m, n) for n in m.__all__)")
         assert result.returncode == 0, (old, result.stderr)
+
+
+def test_import_is_light():
+    code = ("import sys, confounded_patching as cp; cp.MLP(0); "
+            "heavy = [m for m in ('plotly', 'nnsight', 'transformers', 'transformer_lens', 'pandas') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_importing_the_package_and_modules_does_not_import_plotly():
+    code = ("import sys, confounded_patching, confounded_patching.plot, confounded_patching.report, "
+            "confounded_patching.cli; bad = [m for m in sys.modules if m.split('.')[0] == 'plotly']; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

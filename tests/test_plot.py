@@ -1,7 +1,4 @@
-"""Figures of confounded_patching.plot and the HTML report, on results from tiny random models."""
-
-import subprocess
-import sys
+"""Figures of confounded_patching.plot on results from tiny random models."""
 
 import numpy as np
 import pandas as pd
@@ -11,61 +8,7 @@ import confounded_patching as cp
 import tiny
 from confounded_patching import plot
 from confounded_patching.report import write_report
-
-METRIC = cp.metrics.logit_diff(10, 11)
-N_LAYERS, N_HEADS = 2, 4
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny.hf_model("gpt2"), tiny.tokenizer()
-
-
-@pytest.fixture(scope="module")
-def nodes(model):
-    hf, _ = model
-    return (cp.nodes(hf, kinds=("mlp",), positions=(-1,)) + cp.nodes(hf, kinds=("head",), positions=(-2, -1))
-            + cp.nodes(hf, kinds=("resid",), positions=(-3, -2, -1)))
-
-
-@pytest.fixture(scope="module")
-def classic(model, nodes):
-    hf, tok = model
-    clean = ["w5 w6 w7 w8 w9", "w11 w12 w13 w14 w15", "w20 w21 w22 w23 w24"]
-    corrupt = ["w5 w6 w30 w8 w9", "w11 w40 w13 w14 w15", "w20 w21 w22 w50 w24"]
-    return cp.patch(hf, clean, corrupt, nodes, METRIC, tokenizer=tok, progress=False)
-
-
-@pytest.fixture(scope="module")
-def resampled(model, nodes):
-    hf, tok = model
-    return cp.resample(hf, tiny.prompts(12, lo=4, hi=7), nodes[::3], METRIC, n_pairs=8, tokenizer=tok,
-                       progress=False)
-
-
-class FakeMediation:
-    """Stands in for a MediationResult: two methods with intervals and diagnostics."""
-
-    def __init__(self, nodes, seed=0):
-        rng = np.random.default_rng(seed)
-        rows = []
-        for method, scale in (("eb:adjusted", 0.05), ("eb:unadjusted", 0.2)):
-            for k, n in enumerate(nodes):
-                v = float(rng.normal(0, scale))
-                rows.append(dict(node=n.label, kind=n.kind, layer=n.layer, head=getattr(n, "head", None), pos=n.pos,
-                                 method=method, value=v, ci_low=v - 0.01, ci_high=v + 0.02, se=0.01,
-                                 gamma=0.1 + k / 100, ess=50.0 + k, imbalance=1e-4,
-                                 status="infeasible" if k == 0 else "converged", winsorized=0.1, metric=METRIC.name))
-        self.df = pd.DataFrame(rows)
-        self.tokens = []
-
-    def to_dataframe(self):
-        return self.df.copy()
-
-
-@pytest.fixture(scope="module")
-def fake_med(nodes):
-    return FakeMediation(nodes)
+from figures import METRIC, N_HEADS, N_LAYERS, FakeMediation, classic, fake_med, model, nodes, resampled  # noqa: F401
 
 
 def _heatmaps(fig):
@@ -84,19 +27,6 @@ def _panel_traces(fig):
                 if t.xaxis == xname:
                     out[(r, c)] = t
     return out
-
-
-# ----------------------------------------------------------------------------- import hygiene
-
-
-def test_importing_the_package_and_modules_does_not_import_plotly():
-    code = ("import sys, confounded_patching, confounded_patching.plot, confounded_patching.report, "
-            "confounded_patching.cli; bad = [m for m in sys.modules if m.split('.')[0] == 'plotly']; "
-            "assert not bad, bad")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
-# ----------------------------------------------------------------------------- compare
 
 
 def test_compare_has_a_column_per_method_and_a_row_per_node_family(classic, resampled, fake_med):
@@ -215,9 +145,6 @@ def test_compare_rejects_what_is_not_a_result():
         plot.compare(pd.DataFrame({"node": ["x"], "value": [1.0]}))
 
 
-# ----------------------------------------------------------------------------- other figures
-
-
 def test_localization_reports_the_top_ten_percent_share():
     rows = [dict(node=f"MLP{i}@-1", kind="mlp", layer=i, head=None, pos=-1, method=m, value=v, metric="y")
             for m, vals in (("eb:unadjusted", [10.0] + [1.0] * 19), ("eb:adjusted", [1.0] * 20))
@@ -268,9 +195,6 @@ def test_agreement_picks_the_adjusted_estimate_of_a_mediation(classic, fake_med)
         plot.agreement(classic, fake_med, method_b="nope")
 
 
-# ----------------------------------------------------------------------------- saving and the report
-
-
 def test_save_html_is_self_contained(tmp_path, classic):
     path = plot.save(plot.compare(classic), tmp_path / "fig.html")
     text = path.read_text()
@@ -288,29 +212,6 @@ def test_save_png_without_kaleido_says_how_to_install(tmp_path, classic):
         pytest.skip("kaleido is installed; this test covers the message when it is not")
     with pytest.raises(ImportError, match="pip install kaleido"):
         plot.save(plot.compare(classic), tmp_path / "fig.png")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_report_is_one_offline_file_with_plotlyjs_once(tmp_path, classic, resampled, fake_med):
-    from plotly.offline import get_plotlyjs
-
-    path = write_report(tmp_path / "r.html", {"classic": classic, "resample": resampled, "mediation": fake_med},
-                        title="Tiny <report>", notes="first <b>note</b>\n\nsecond", settings={"seed": 0})
-    text = path.read_text()
-    assert text.count(get_plotlyjs()[:300]) == 1
-    assert "<script src=" not in text and 'src="https://' not in text
-    for section in ("Summary", "Settings", "How to read this", "Per-node effects", "Localization",
-                    "Weight diagnostics", "Agreement between methods"):
-        assert f"<h2>{section}" in text
-    assert "Tiny &lt;report&gt;" in text and "first &lt;b&gt;note&lt;/b&gt;" in text
-    assert "exactly 0" in text and "non-additivity" in text
-    assert text.count('class="plotly-graph-div"') >= 5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.html"]
-
-
-def test_report_rejects_an_empty_dict(tmp_path):
-    with pytest.raises(cp.InputError, match="non-empty dict"):
-        write_report(tmp_path / "r.html", {})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -342,9 +243,3 @@ def test_nodes_patched_at_every_position_get_their_own_labels():
     assert fig.get_subplot(1, 1).yaxis.title.text.startswith("Residual stream")
     assert list(fig.get_subplot(1, 1).xaxis.ticktext) == ["all positions"]
     assert fig.get_subplot(2, 1).yaxis.title.text.startswith("Attention heads @ all positions")
-
-
-def test_report_of_classic_patching_alone_skips_the_aie_figures(tmp_path, classic):
-    text = write_report(tmp_path / "r.html", {"classic": classic}).read_text()
-    assert "<h2>Per-node effects" in text
-    assert "<h2>Localization" not in text and "<h2>Weight diagnostics" not in text

@@ -23,7 +23,7 @@ is zero for every outcome additive in ``q`` and ``n``: it measures ``q x n``
 non-additivity (see ``docs/estimator.md``).
 
 Defaults, each chosen by measurement against planted truth
-(``docs/estimator.md``, ``benchmarks/accuracy.py``): Eq. (2); the squares of
+(``docs/estimator.md``, ``benchmarks/studies/accuracy.py``): Eq. (2); the squares of
 ``q`` in ``g``; the Hajek form, calibrated so that outcomes additive in
 ``(q, n, x)`` get AIE 0; no winsorizing (``winsorize=0.05`` gives the
 paper's clipping of ``T`` at the 5th/95th percentiles, which shrinks the

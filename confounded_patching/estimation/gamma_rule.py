@@ -9,7 +9,7 @@ walks down a geometric path from ``gamma_max`` and stops at the last point
 that is converged, above the noise level of the product columns, and whose
 pair weights keep at least a set share of their effective sample size (see
 :func:`select_gamma`; the evidence for the thresholds is in
-``docs/estimator.md`` and ``benchmarks/accuracy.py --rules``).
+``docs/estimator.md`` and ``benchmarks/studies/accuracy.py --rules``).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def select_gamma(q, n, x, gamma_x, pairs, rule: GammaRule, *, squares: bool, tol
     At ``t = 0`` the node's products are (nearly) unconstrained, so the AIE
     is (nearly) 0: the rule moves away from 0 only as far as the weights
     stay stable. Chosen by measurement against planted truth
-    (``docs/estimator.md``, ``benchmarks/accuracy.py``).
+    (``docs/estimator.md``, ``benchmarks/studies/accuracy.py``).
 
     ``lambda_x`` (``pi_x``'s dual) warm-starts the top of the path;
     ``device`` is where the solves run (:func:`~.ratio_models.fit_eb`).

@@ -1,6 +1,6 @@
 """Accuracy of the AIE estimators against planted truth (designs x estimators), and of gamma rules.
 
-Designs (``confounded_patching.simulate``; truth in closed form or by Monte
+Designs (``cp.simulate``; truth in closed form or by Monte
 Carlo): Gaussian-topic SEM with a causal and a topic-only node (d = 2, 5,
 25), a stronger causal node, an additive outcome (truth 0), a randomised
 query, a tanh mediator. Estimators: the default (adjusted, Eq. 2,
@@ -14,7 +14,7 @@ For each design/node the table gives the truth (mean over seeds) and, per
 estimator, the mean estimate, its standard deviation over seeds, and the
 share of seeds whose 95% bootstrap interval covers the truth.
 
-Run:  OMP_WAIT_POLICY=PASSIVE python benchmarks/accuracy.py [--seeds 5] [--first-seed 300] [--rules] [--squares]
+Run:  OMP_WAIT_POLICY=PASSIVE python benchmarks/studies/accuracy.py [--seeds 5] [--first-seed 300] [--rules] [--squares]
           [--penalties] [--estimators a,b] [--designs a,b]
   --rules    also compare gamma rules (pair-ESS floors, fixed gammas), with and without augmentation
   --squares  also the exact-balance scalar SEM of the notes (squares vs paper features)
@@ -32,9 +32,10 @@ import warnings
 import numpy as np
 import torch
 
-from confounded_patching import outcome_model as om
+from confounded_patching import aie_many
 from confounded_patching import simulate as S
-from confounded_patching.mediation import GammaRule, aie_many
+from confounded_patching.estimation import outcome_model as om
+from confounded_patching.estimation.gamma_rule import GammaRule
 
 DESIGNS = {
     "sem d=2": lambda s: S.gaussian_sem(m=2000, d_q=2, d_n=2, strength=0.5, confounding=0.5, seed=s),
@@ -98,12 +99,12 @@ def _all_penalized(F, y, penalized, scale_cols, alpha=om.ALPHA, L=None):
     return _RIDGE(F, y, torch.ones_like(penalized), scale_cols, alpha)
 
 
-_RIDGE = om._ridge
+_RIDGE = om.ridge
 PENALTIES = {  # outcome-model fits compared by --penalties: (ridge function, ALPHA)
-    "free additive, 0.01 (dflt)": (om._ridge, 0.01),
-    "free additive, 0.003": (om._ridge, 0.003),
-    "free additive, 0.03": (om._ridge, 0.03),
-    "free additive, 0.1": (om._ridge, 0.1),
+    "free additive, 0.01 (dflt)": (om.ridge, 0.01),
+    "free additive, 0.003": (om.ridge, 0.003),
+    "free additive, 0.03": (om.ridge, 0.03),
+    "free additive, 0.1": (om.ridge, 0.1),
     "all penalized, 0.01": (_all_penalized, 0.01),
     "all penalized, 0.1": (_all_penalized, 0.1),
     "all penalized, GCV": (_gcv_ridge, None),
@@ -115,14 +116,14 @@ def fit(sim, seed, settings):
     kw = dict(d_q=d, d_n=d, K=200, n_boot=200, seed=seed, dtype=torch.float64)
     kw.update(settings)
     confounder = kw.pop("confounder", sim.topics)
-    ridge, alpha = kw.pop("_penalty", (om._ridge, om.ALPHA))
-    om._ridge, om.fit_outcomes.__kwdefaults__["alpha"] = ridge, alpha  # restored below
+    ridge, alpha = kw.pop("_penalty", (om.ridge, om.ALPHA))
+    om.ridge, om.fit_outcomes.__kwdefaults__["alpha"] = ridge, alpha  # restored below
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return aie_many(sim.query, sim.nodes, sim.outcome, confounder, **kw)
     finally:
-        om._ridge, om.fit_outcomes.__kwdefaults__["alpha"] = _RIDGE, om.ALPHA
+        om.ridge, om.fit_outcomes.__kwdefaults__["alpha"] = _RIDGE, om.ALPHA
 
 
 def table(designs, estimators, seeds, title):

@@ -26,21 +26,23 @@ attention-head node at the last position (30 + 270 = 300 nodes):
 Prints tables and writes figures (HTML) and a JSON of every number to
 ``--out``. Sizes are flags; the defaults run in about 18 minutes on 2 cores.
 
-    python benchmarks/evidence.py [--professions 1000] [--pairs 64] [--out benchmarks/out/evidence]
+    python benchmarks/studies/evidence.py [--professions 1000] [--pairs 64] [--out benchmarks/out/evidence]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
-import _common  # noqa: F401
-import numpy as np
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/_common.py
+import _common  # noqa: E402  (environment first)
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-import confounded_patching as cp
+import confounded_patching as cp  # noqa: E402
 
 KS = (1, 5, 10, 20)
 VARIANTS = {"default": {}, "noaug": {"augment": False}, "d5": {"d_q": 5, "d_n": 5}, "d10": {"d_q": 10, "d_n": 10},
@@ -150,16 +152,14 @@ def run_dataset(name, data, model, tok, args, log) -> dict:
     rankings.update({k: r.value for k, r in truth.items()})
     for r in range(args.random_rankings):
         rankings[f"random {r}"] = np.random.default_rng(1000 + r).standard_normal(len(nodes))
-    from confounded_patching.ablation import ablation_curve
-
     eval_prompts = [prompts[i] for i in held]
     eval_metric = metric.take(held) if getattr(metric, "per_row", False) else metric
     ablation = {}
     t_abl = time.perf_counter()
     for label, v in rankings.items():
         ranked = [nodes[i] for i in np.argsort(-np.abs(v))]
-        curve = ablation_curve(model, eval_prompts, ranked, eval_metric, ks=KS, how="mean",
-                               reference=acts, batch_size=args.batch_size, progress=False)
+        curve = cp.ablation_curve(model, eval_prompts, ranked, eval_metric, ks=KS, how="mean",
+                                  reference=acts, batch_size=args.batch_size, progress=False)
         ablation[label] = {k: float(np.mean(np.abs(curve[k].effect))) for k in KS}
         ablation[label + " (mean Δy)"] = {k: float(curve[k].mean_effect) for k in KS}
     log(f"[{name}] ablation: {time.perf_counter() - t_abl:.1f} s")
@@ -207,8 +207,6 @@ def figures(results, out: Path) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    from confounded_patching.plot import save
-
     for res in results:
         name, vals = res["dataset"], res["values"]
         truth = np.asarray(vals["resample"])
@@ -218,7 +216,7 @@ def figures(results, out: Path) -> None:
                                      marker=dict(size=5)), row=1, col=c)
             fig.update_xaxes(title_text="resample AIE (truth)", row=1, col=c)
         fig.update_layout(title=f"{name}: estimates against the resample AIE, per node", height=420, width=1200)
-        save(fig, out / f"{name}_scatter.html")
+        cp.plot.save(fig, out / f"{name}_scatter.html")
 
         fig = go.Figure()
         for key in ("EB adjusted", "EB unadjusted", "resample", "resample stratified", "patching"):
@@ -226,7 +224,7 @@ def figures(results, out: Path) -> None:
             fig.add_trace(go.Scatter(y=np.cumsum(v) / v.sum(), mode="lines", name=key))
         fig.update_layout(title=f"{name}: localization (cumulative share of |value|, nodes sorted)",
                           xaxis_title="nodes, largest |value| first", yaxis_title="cumulative share", height=420)
-        save(fig, out / f"{name}_localization.html")
+        cp.plot.save(fig, out / f"{name}_localization.html")
 
         fig = go.Figure()
         for label, row in res["ablation"].items():
@@ -237,7 +235,7 @@ def figures(results, out: Path) -> None:
                                      mode="lines+markers", name=label, line=dict(dash=dash)))
         fig.update_layout(title=f"{name}: mean |Δ outcome| when the top-k nodes are mean-ablated",
                           xaxis_title="k", yaxis_title="mean |Δy|", height=420)
-        save(fig, out / f"{name}_ablation.html")
+        cp.plot.save(fig, out / f"{name}_ablation.html")
 
 
 def main() -> None:

@@ -1,100 +1,21 @@
-"""Entropy balancing: agreement with independent solvers, certificates, invariances."""
+"""EntropyBalancer: per-column tolerances, batches, invariants, input errors, devices and the float64 re-check."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import scipy.optimize
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from balance import batch, design, node_batch, scipy_reference
 from confounded_patching import InputError
 from confounded_patching.estimation.balancer import EntropyBalancer
 from confounded_patching.estimation.features import balance_features, block_gamma, feature_layout, gamma_max
 
 
-def _design(m=300, d_q=2, d_z=3, seed=0, dependence=0.5):
-    rng = np.random.default_rng(seed)
-    q = rng.normal(size=(m, d_q))
-    z = dependence * q[:, :1] + rng.normal(size=(m, d_z))
-    return q, z
-
-
-def _node_batch(q, n_nodes, *, coef, seed, d_z=4):
-    """``n_nodes`` node designs ``[n_nodes, m, d_z]``, each depending on the first two query columns."""
-    rng = np.random.default_rng(seed)
-    m = q.shape[0]
-    return np.stack([coef * q[:, :2] @ rng.normal(size=(2, d_z)) + rng.normal(size=(m, d_z)) for _ in range(n_nodes)])
-
-
-def _scipy_reference(G: np.ndarray, gamma: np.ndarray):
-    """L-BFGS-B on the split lam = lam_plus - lam_minus >= 0 (smooth, bound-constrained)."""
-    p = G.shape[1]
-
-    def fun(v):
-        lam = v[:p] - v[p:]
-        s = -G @ lam
-        top = s.max()
-        e = np.exp(s - top)
-        Z = e.sum()
-        w = e / Z
-        grad = -G.T @ w
-        f = top + np.log(Z) + gamma @ (v[:p] + v[p:])
-        return f, np.concatenate([grad + gamma, -grad + gamma])
-
-    res = scipy.optimize.minimize(fun, np.zeros(2 * p), jac=True, method="L-BFGS-B", bounds=[(0, None)] * (2 * p),
-                                  options=dict(ftol=1e-15, gtol=1e-12, maxiter=20000))
-    lam = res.x[:p] - res.x[p:]
-    s = -G @ lam
-    w = np.exp(s - s.max())
-    return lam, w / w.sum(), res.fun
-
-
-# ----------------------------------------------------------------------------- independent solvers
-
-
-def test_exact_balance_equals_empirical_calibration_entropy_weights():
-    ec = pytest.importorskip("empirical_calibration")
-    G = balance_features(*_design())
-    eb = EntropyBalancer(gamma=0.0).fit(G)
-    w_ref, ok = ec.calibrate(G, np.zeros((1, G.shape[1])), objective=ec.Objective.ENTROPY)
-    assert ok
-    assert eb.status_ == "converged"
-    np.testing.assert_allclose(eb.weights_, w_ref, atol=1e-6 / G.shape[0], rtol=1e-6)
-    assert eb.imbalance_ <= 1e-8
-
-
-def test_exact_balance_gradient_reaches_1e_8():
-    G = balance_features(*_design(m=500, d_q=3, d_z=4, seed=3))
-    eb = EntropyBalancer(gamma=0.0, tol=1e-8).fit(G)
-    assert eb.status_ == "converged"
-    assert np.abs(G.T @ eb.weights_).max() <= 1e-8
-
-
-@pytest.mark.parametrize("solver", ["newton", "fista"])
-@pytest.mark.parametrize("gamma", [0.02, 0.05, 0.15])
-def test_approximate_balance_matches_scipy_and_satisfies_kkt(gamma, solver):
-    G = balance_features(*_design(seed=1))
-    gam = np.full(G.shape[1], gamma)
-    eb = EntropyBalancer(gamma=gamma, tol=1e-10, solver=solver).fit(G)
-    lam_ref, w_ref, f_ref = _scipy_reference(G, gam)
-    assert eb.status_ == "converged"
-    np.testing.assert_allclose(eb.weights_, w_ref, atol=1e-7 / G.shape[0], rtol=1e-6)
-    s = -G @ eb.lambda_
-    f = s.max() + np.log(np.exp(s - s.max()).sum()) + gam @ np.abs(eb.lambda_)
-    assert f <= f_ref + 1e-10
-    # KKT: |G^T w| <= gamma everywhere, = gamma * sign(lam) where lam != 0
-    mom = G.T @ eb.weights_
-    assert np.all(np.abs(mom) <= gam + 1e-9)
-    on = eb.lambda_ != 0
-    np.testing.assert_allclose(mom[on], gam[on] * np.sign(eb.lambda_[on]), atol=1e-9)
-    assert abs(eb.gap_) <= 1e-8
-    assert eb.violation_ <= 1e-9
-
-
 def test_per_column_gamma_zero_on_marginals_positive_on_products():
-    q, z = _design(seed=2)
+    q, z = design(seed=2)
     G = balance_features(q, z)
     gam = block_gamma(2, 3, product=0.05)
     eb = EntropyBalancer(gamma=gam, tol=1e-10).fit(G)
@@ -103,92 +24,13 @@ def test_per_column_gamma_zero_on_marginals_positive_on_products():
     assert eb.status_ == "converged"
     assert np.abs(mom[: lay["z"].stop]).max() <= 1e-9
     assert np.abs(mom[lay["qz"]]).max() <= 0.05 + 1e-9
-    lam_ref, w_ref, _ = _scipy_reference(G, gam)
+    lam_ref, w_ref, _ = scipy_reference(G, gam)
     np.testing.assert_allclose(eb.weights_, w_ref, atol=1e-7 / G.shape[0], rtol=1e-6)
 
 
-# ----------------------------------------------------------------------------- certificates
-
-
-def test_infeasible_exact_balance_is_reported_not_returned_as_weights():
-    G = balance_features(*_design())
-    G_bad = np.c_[G, 1.0 + np.abs(G[:, 0])]  # a column that no weights can centre
-    eb = EntropyBalancer(gamma=0.0).fit(G_bad)
-    assert eb.status_ == "infeasible"
-    assert not eb.converged_
-
-
-def test_infeasible_approximate_balance_is_detected_by_the_dual_certificate():
-    G = balance_features(*_design())
-    G_bad = np.c_[G, G[:, 0] + 0.5, -G[:, 0] + 0.5]  # means of these two columns sum to 1 under any weights
-    eb = EntropyBalancer(gamma=0.1).fit(G_bad)
-    assert eb.status_ == "infeasible"
-    eb_ok = EntropyBalancer(gamma=0.6).fit(G_bad)  # |a| <= 0.6 and |1 - a| <= 0.6 is feasible
-    assert eb_ok.status_ == "converged"
-
-
-def test_every_infeasible_status_carries_a_certificate_in_float64():
-    """Newton reports infeasibility from its step's direction; the returned lambda then certifies it itself."""
-    rng = np.random.default_rng(7)
-    G = balance_features(*_design(seed=7))
-    shifts = np.array([0.0, 0.4, 0.8, 1.2, 1.6, 2.0])  # larger shifts of one column: more of the batch infeasible
-    Gs = np.stack([np.c_[G, G[:, 0] * 0.5 + s + 0.1 * rng.normal(size=G.shape[0])] for s in shifts])
-    gam = np.full(Gs.shape[-1], 0.3)
-    for solver in ("newton", "fista"):
-        eb = EntropyBalancer(gamma=gam, tol=1e-8, solver=solver).fit(Gs)
-        statuses = list(eb.status_)
-        assert "infeasible" in statuses and "converged" in statuses
-        for b, status in enumerate(statuses):
-            lam = eb.lambda_[b]
-            margin = (Gs[b] @ lam).min() - gam @ np.abs(lam)
-            assert (margin > 0) == (status == "infeasible"), (solver, b, status, margin)
-    newton = EntropyBalancer(gamma=gam, tol=1e-8).fit(Gs)
-    fista = EntropyBalancer(gamma=gam, tol=1e-8, solver="fista").fit(Gs)
-    assert newton.status_ == fista.status_
-
-
-def test_newton_and_fista_agree_on_a_batch_of_factored_problems():
-    q, _ = _design(m=400, d_q=3)
-    zs = _node_batch(q, 4, coef=0.5, seed=8)
-    gam = block_gamma(3, 4, product=0.06)
-    newton = EntropyBalancer(gamma=gam, tol=1e-9).fit_factored(q, zs)
-    fista = EntropyBalancer(gamma=gam, tol=1e-9, solver="fista").fit_factored(q, zs)
-    assert newton.status_ == fista.status_ == ["converged"] * 4
-    np.testing.assert_allclose(newton.weights_, fista.weights_, atol=1e-8)
-    assert newton.n_iter_.max() < 30 < fista.n_iter_.min()  # Newton steps against first-order iterations
-
-
-def test_max_iter_status_when_the_cap_is_hit():
-    G = balance_features(*_design())
-    eb = EntropyBalancer(gamma=0.01, max_iter=3, tol=1e-12).fit(G)
-    assert eb.status_ == "max_iter"
-    assert eb.n_iter_ == 3
-
-
-# ----------------------------------------------------------------------------- factored form and batches
-
-
-def test_factored_form_equals_dense_features():
-    q, z = _design(m=400, d_q=3, d_z=4, seed=4)
-    gam = block_gamma(3, 4, product=0.04)
-    dense = EntropyBalancer(gamma=gam, tol=1e-10).fit(balance_features(q, z))
-    fact = EntropyBalancer(gamma=gam, tol=1e-10).fit_factored(q, z)
-    np.testing.assert_allclose(fact.weights_, dense.weights_, atol=1e-10)
-    np.testing.assert_allclose(fact.lambda_, dense.lambda_, atol=1e-6)
-
-
-def test_factored_paper_features_have_no_squares():
-    q, z = _design(m=300, d_q=2, d_z=2)
-    G = balance_features(q, z, squares=False)
-    assert G.shape[1] == 2 + 2 + 4
-    fact = EntropyBalancer(gamma=0.0).fit_factored(q, z, squares=False)
-    dense = EntropyBalancer(gamma=0.0).fit(G)
-    np.testing.assert_allclose(fact.weights_, dense.weights_, atol=1e-10)
-
-
 def test_batched_shared_query_equals_one_by_one():
-    q, _ = _design(m=300, d_q=3)
-    zs = _node_batch(q, 5, coef=0.4, seed=5)
+    q, _ = design(m=300, d_q=3)
+    zs = node_batch(q, 5, coef=0.4, seed=5)
     gam = block_gamma(3, 4, product=0.05)
     batch = EntropyBalancer(gamma=gam, tol=1e-9).fit_factored(q, zs)
     assert batch.weights_.shape == (5, 300)
@@ -199,7 +41,7 @@ def test_batched_shared_query_equals_one_by_one():
 
 
 def test_batched_float32_torch_solution_is_certified():
-    q, _ = _design(m=500, d_q=4)
+    q, _ = design(m=500, d_q=4)
     rng = np.random.default_rng(6)
     zs = torch.tensor(np.stack([0.3 * q @ rng.normal(size=(4, 5)) + rng.normal(size=(500, 5)) for _ in range(3)]))
     gam = torch.tensor(block_gamma(4, 5, product=0.08))
@@ -208,18 +50,6 @@ def test_batched_float32_torch_solution_is_certified():
     assert eb.status_ == ["converged"] * 3
     assert float(eb.violation_.max()) <= 1e-4
 
-
-def test_product_columns_are_not_recentred():
-    q, z = _design(m=200, d_q=1, d_z=1, dependence=0.8)
-    G = balance_features(q, z)
-    lay = feature_layout(1, 1)
-    qs, zs = (q - q.mean()) / q.std(), (z - z.mean()) / z.std()
-    np.testing.assert_allclose(G[:, lay["qz"]][:, 0], (qs * zs)[:, 0])
-    assert abs(G[:, lay["qz"]].mean()) > 0.3  # the observed correlation stays to be balanced away
-    assert abs(G[:, lay["q2"]].mean()) < 1e-12  # squares are centred (their target is the sample mean)
-
-
-# ----------------------------------------------------------------------------- properties
 
 _settings = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -314,18 +144,15 @@ def test_batched_dense_equals_one_by_one(probs):
             np.testing.assert_allclose(batch.weights_[b], one.weights_, atol=1e-8)
 
 
-# ----------------------------------------------------------------------------- input errors
-
-
 def test_nan_in_features_names_the_argument():
-    G = balance_features(*_design())
+    G = balance_features(*design())
     G[3, 1] = np.nan
     with pytest.raises(InputError, match=r"G must be finite; received ndarray of shape \(300, 13\) and dtype float64 with NaN or inf entries"):
         EntropyBalancer().fit(G)
 
 
 def test_gamma_of_wrong_length_is_rejected_with_expected_shape():
-    G = balance_features(*_design())
+    G = balance_features(*design())
     with pytest.raises(InputError, match=r"gamma must be a scalar, a vector of length p = 13"):
         EntropyBalancer(gamma=np.ones(3)).fit(G)
 
@@ -345,28 +172,14 @@ def test_mismatched_rows_in_factored_form():
         EntropyBalancer().fit_factored(np.ones((10, 2)), np.ones((9, 2)))
 
 
-def test_constant_covariate_is_rejected_by_balance_features():
-    q, z = _design(m=50)
-    z[:, 1] = 3.0
-    with pytest.raises(InputError, match=r"z must have non-constant columns; received constant column\(s\) \[1\]"):
-        balance_features(q, z)
-
-
-# ----------------------------------------------------------------------------- devices and the float64 re-check
-
 _NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a GPU")
+
+
 _CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def _batch(m=500, d_q=4, B=3, seed=6):
-    q, _ = _design(m=m, d_q=d_q)
-    rng = np.random.default_rng(seed)
-    zs = np.stack([0.3 * q @ rng.normal(size=(d_q, 5)) + rng.normal(size=(m, 5)) for _ in range(B)])
-    return torch.tensor(q), torch.tensor(zs), torch.tensor(block_gamma(d_q, 5, product=0.08))
-
-
 def test_verify_rechecks_a_float32_solve_in_float64_on_the_cpu():
-    q, zs, gam = _batch()
+    q, zs, gam = batch()
     f32 = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=True).fit_factored(q, zs)
     f64 = EntropyBalancer(gamma=gam, tol=1e-4).fit_factored(q, zs)
     assert f32.verified_ and not f64.verified_
@@ -384,7 +197,7 @@ def test_verify_downgrades_a_solve_whose_float64_kkt_conditions_fail(monkeypatch
         return Solution(lam.clone(), ["converged"] * lam.shape[0], torch.ones(lam.shape[0], dtype=torch.long))
 
     monkeypatch.setattr(balancer, "newton", sloppy)
-    q, zs, gam = _batch()
+    q, zs, gam = batch()
     trusted = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=False).fit_factored(q, zs)
     checked = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=True).fit_factored(q, zs)
     assert trusted.status_ == ["converged"] * 3  # what the solver said
@@ -393,7 +206,7 @@ def test_verify_downgrades_a_solve_whose_float64_kkt_conditions_fail(monkeypatch
 
 
 def test_verify_keeps_an_infeasible_status_when_the_float64_certificate_holds():
-    G = balance_features(*_design())
+    G = balance_features(*design())
     G_bad = np.c_[G, G[:, 0] + 0.5, -G[:, 0] + 0.5]
     eb = EntropyBalancer(gamma=0.1, dtype=torch.float32, tol=1e-5, verify=True).fit(G_bad)
     assert eb.verified_ and eb.status_ == "infeasible"
@@ -405,11 +218,11 @@ def test_verify_auto_rechecks_only_off_the_cpu():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not verify_wanted("auto", cpu) and verify_wanted("auto", cuda)
     assert verify_wanted(True, cpu) and not verify_wanted(False, cuda)
-    assert EntropyBalancer(gamma=0.1).fit(balance_features(*_design())).verified_ is False
+    assert EntropyBalancer(gamma=0.1).fit(balance_features(*design())).verified_ is False
 
 
 def test_device_cpu_is_the_default():
-    q, zs, gam = _batch(B=2)
+    q, zs, gam = batch(B=2)
     base = EntropyBalancer(gamma=gam, tol=1e-8).fit_factored(q, zs)
     for device in ("cpu", torch.device("cpu")):
         eb = EntropyBalancer(gamma=gam, tol=1e-8, device=device).fit_factored(q, zs)
@@ -420,11 +233,11 @@ def test_device_cpu_is_the_default():
 def test_cuda_requested_without_a_gpu_is_a_clear_error():
     with pytest.raises(InputError, match=r"device='cuda' asks for a CUDA GPU, but torch.cuda.is_available\(\) is "
                                          r"False .*use device='cpu'"):
-        EntropyBalancer(gamma=0.1, device="cuda").fit(balance_features(*_design()))
+        EntropyBalancer(gamma=0.1, device="cuda").fit(balance_features(*design()))
 
 
 def test_unknown_device_verify_and_dtype_name_the_options():
-    G = balance_features(*_design())
+    G = balance_features(*design())
     for bad in ("tpu", 3, "cuda:x"):
         with pytest.raises(InputError, match=r"device must be None \(CPU\), 'cpu', 'cuda', 'cuda:N', 'mps' or a "
                                              r"torch.device; received"):
@@ -438,7 +251,7 @@ def test_unknown_device_verify_and_dtype_name_the_options():
 def test_global_tf32_and_matmul_precision_settings_are_left_alone():
     before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
               torch.get_float32_matmul_precision())
-    q, zs, gam = _batch(B=2)
+    q, zs, gam = batch(B=2)
     EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, verify=True, device="cpu").fit_factored(q, zs)
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
             torch.get_float32_matmul_precision()) == before
@@ -446,7 +259,7 @@ def test_global_tf32_and_matmul_precision_settings_are_left_alone():
 
 @_CUDA
 def test_cuda_solve_is_rechecked_in_float64_and_matches_the_cpu():
-    q, zs, gam = _batch()
+    q, zs, gam = batch()
     cpu = EntropyBalancer(gamma=gam, tol=1e-4).fit_factored(q, zs)
     gpu = EntropyBalancer(gamma=gam, tol=1e-4, dtype=torch.float32, device="cuda").fit_factored(q, zs)
     assert gpu.verified_ and gpu.weights_.device.type == "cpu" and gpu.weights_.dtype == torch.float64

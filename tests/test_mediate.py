@@ -1,4 +1,5 @@
-"""mediate(): the model-level pipeline composes collect, topics and aie_many correctly."""
+"""mediate(): the model-level pipeline composes collect, topics and aie_many correctly, in memory and from a
+store (captured by ``cp.mediate(..., store=DIR)`` from a tiny random GPT-2)."""
 
 import nnsight
 import numpy as np
@@ -6,9 +7,12 @@ import pytest
 
 import confounded_patching as cp
 import tiny
+from confounded_patching.activations.store import ActivationStore
 from confounded_patching.estimation.aie import aie_many
 from confounded_patching.estimation.confounders import kmeans_topics
 from confounded_patching.estimation.partners import pair_index
+from simulations import quiet
+from stores import synthetic  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +97,85 @@ def test_degenerate_weights_warn_and_healthy_ones_do_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_degenerate("adjusted", ok)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    model = nnsight.TransformersModel(tiny.hf_model("gpt2"), tokenizer=tiny.tokenizer())
+    nodes = cp.nodes(model, kinds=("mlp", "head", "resid"), positions=(-1,))
+    return model, tiny.prompts(220, seed=7), nodes
+
+
+MED = dict(K=30, n_boot=10, d_q=8, d_n=8, seed=1, n_topics=3, embed_layer=1, chunk_size=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def in_memory(gpt2):
+    model, prompts, nodes = gpt2
+    return quiet(cp.mediate, model, prompts, nodes, cp.metrics.logit_diff("w3", "w4"), **MED)
+
+
+def _same(a, b):
+    for name in ("adjusted", "unadjusted"):
+        ta, tb = getattr(a, name), getattr(b, name)
+        assert ta.status == tb.status and ta.status_x == tb.status_x
+        # measured: equal to ~1e-16; the margin covers a float32 rounding flip in the solver (aie_many's default)
+        np.testing.assert_allclose(tb.value, ta.value, rtol=1e-6, atol=1e-8, equal_nan=True)
+    assert np.isfinite(a.adjusted.value).all()
+    np.testing.assert_array_equal(a.outcome, b.outcome)
+    assert list(a.topics) == list(b.topics)
+
+
+def test_mediate_with_a_store_equals_in_memory_and_reopens_without_the_model(gpt2, in_memory, tmp_path):
+    model, prompts, nodes = gpt2
+    metric = cp.metrics.logit_diff("w3", "w4")
+    captured = quiet(cp.mediate, model, prompts, nodes, metric, store=tmp_path, **MED)  # same batches as in memory
+    _same(in_memory, captured)
+    assert len(list(tmp_path.glob("shard-*.safetensors"))) == 7
+    reopened = quiet(cp.mediate, None, None, None, metric, store=tmp_path, **MED)
+    _same(in_memory, reopened)
+    assert reopened.nodes == nodes
+    as_object = quiet(cp.mediate, None, None, nodes, metric, activations=ActivationStore.open(tmp_path), **MED)
+    _same(in_memory, as_object)
+
+
+def test_mediate_resumes_an_interrupted_capture_in_its_store(gpt2, in_memory, tmp_path):
+    model, prompts, nodes = gpt2
+    metric = cp.metrics.logit_diff("w3", "w4")
+    quiet(cp.collect, model, prompts, nodes, metric=metric, embed_layer=1, store=tmp_path, progress=False)
+    shards = sorted(tmp_path.glob("shard-*.safetensors"))
+    for shard in shards[2:5]:  # as if the capture had stopped before these
+        shard.unlink()
+    with pytest.raises(cp.InputError, match=r"incomplete: 4 of 7 shards are written; run collect"):
+        cp.mediate(None, None, nodes, metric, store=tmp_path, **MED)
+    resumed = quiet(cp.mediate, model, prompts, nodes, metric, store=tmp_path, **MED)
+    assert len(list(tmp_path.glob("shard-*.safetensors"))) == 7
+    _same(in_memory, resumed)
+
+
+def test_a_capture_is_not_resumed_with_another_metric(gpt2, tmp_path):
+    model, prompts, nodes = gpt2
+    cp.collect(model, prompts[:40], nodes, metric=cp.metrics.logit_diff("w3", "w4"), store=tmp_path, progress=False)
+    with pytest.raises(cp.InputError, match=r"collected with metric=.*this call has metric="):
+        cp.collect(model, prompts[:40], nodes, metric=cp.metrics.logit("w3"), store=tmp_path, progress=False)
+
+
+def test_store_input_errors_name_what_was_expected(synthetic, gpt2, tmp_path):
+    acts, q, y, topics, store = synthetic
+    with pytest.raises(cp.InputError, match=r"one row per prompt \(200, the length of outcome\); received an "
+                                            r"activation store of 240 prompts"):
+        aie_many(q[:200], store, y[:200], None)
+    with pytest.raises(cp.InputError, match=r"does not hold 1 of the 2 nodes, e.g. MLP\(7, pos=-1\)"):
+        store.select([cp.MLP(0), cp.MLP(7)])
+    with pytest.raises(cp.InputError, match="non-empty list of stored nodes"):
+        store.select([])
+    with pytest.raises(cp.InputError, match="not an activation store"):
+        cp.mediate(None, None, None, cp.metrics.logit("w3"), store=tmp_path / "nothing")
+    with pytest.raises(cp.InputError, match="either activations=... or store=DIR, not both"):
+        cp.mediate(None, None, None, cp.metrics.logit("w3"), store=tmp_path, activations=store)
+    with pytest.raises(cp.InputError, match=r"store must be a directory path .*; received 3"):
+        cp.mediate(gpt2[0], gpt2[1], gpt2[2], cp.metrics.logit("w3"), store=3)
+    with pytest.raises(cp.InputError, match=r"activations must be an Activations .* or an ActivationStore"):
+        cp.mediate(None, None, None, cp.metrics.logit("w3"), activations={"a": 1})
+    with pytest.raises(cp.InputError, match=r"d_n must be a positive int; received 0"):
+        aie_many(q, store, y, topics, d_n=0)

@@ -57,3 +57,36 @@ def node_value(acts: dict, node) -> torch.Tensor:
     if node.kind == "mlp":
         return acts["mlp", node.layer][pos]
     return acts["z", node.layer][pos, node.head]
+
+
+def hand_patched_metric(hf, ids_target, node, value, n_heads):
+    """Hook-based patch of one node on one unpadded prompt (independent of the library)."""
+    blocks_path, out_proj, mlp = PATHS["llama"]
+    block = hf.get_submodule(blocks_path)[node.layer]
+
+    def pre(module, args, kwargs):
+        x = (args[0] if args else kwargs["hidden_states"]).clone()
+        x[0, node.pos] = value
+        return ((x, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": x})
+
+    def z_pre(module, args):
+        x = args[0].clone().unflatten(-1, (n_heads, -1))
+        x[0, node.pos, node.head] = value
+        return (x.flatten(-2),)
+
+    def mlp_post(module, args, output):
+        out = output.clone()
+        out[0, node.pos] = value
+        return out
+
+    if node.kind == "resid":
+        h = block.register_forward_pre_hook(pre, with_kwargs=True)
+    elif node.kind == "head":
+        h = block.get_submodule(out_proj).register_forward_pre_hook(z_pre)
+    else:
+        h = block.get_submodule(mlp).register_forward_hook(mlp_post)
+    try:
+        with torch.no_grad():
+            return hf(torch.tensor([ids_target])).logits[0, -1]
+    finally:
+        h.remove()
