@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "ConfoundedPatchingError",
     "InputError",
+    "StoreCorruptError",
     "ArchitectureError",
     "ModelFileNotFound",
 ]
@@ -19,6 +20,18 @@ class InputError(ConfoundedPatchingError, ValueError):
 
     Messages name the argument, what was expected and what was received.
     """
+
+
+class StoreCorruptError(InputError):
+    """A file of an activation store is damaged (checksum mismatch, truncated, unreadable).
+
+    Callers catch it to recollect: ``collect(..., store=DIR)`` with the same
+    model recomputes the damaged shards. ``shards`` names the damaged files.
+    """
+
+    def __init__(self, message: str, shards=()):
+        super().__init__(message)
+        self.shards = list(shards)
 
 
 class ArchitectureError(ConfoundedPatchingError):

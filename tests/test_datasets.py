@@ -294,6 +294,8 @@ def write_lines(tmp_path, lines, name="data.jsonl") -> Path:
         (['{"prompt": "a", "topc": "x"}'], 1, "unknown key 'topc'; expected keys"),
         (['{"prompt": "a", "topic": "x"}', "", '{"prompt": "b"}'], 3, "'topic' is on line 1 but not on line 3"),
         (['{"prompt": "a"}', '{"prompt": "b", "label": 1}'], 2, "'label' is on line 2 but not on line 1"),
+        (['{"prompt": "a"}', '{"prompt": "a", "prompt": "b"}'], 2, "key 'prompt' is given twice in one object"),
+        (['{"prompt": "a", "topic": "x", "topic": "x"}'], 1, "key 'topic' is given twice in one object"),
     ],
 )
 def test_from_jsonl_errors_name_file_and_line(tmp_path, lines, line, message):
@@ -315,6 +317,14 @@ def test_from_jsonl_rejects_an_empty_file(tmp_path, content):
 def test_from_jsonl_rejects_a_missing_file(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         from_jsonl(tmp_path / "nope.jsonl")
+
+
+@pytest.mark.parametrize(("path", "received"), [(None, "None"), (3, "3"), (b"data.jsonl", "b'data.jsonl'"),
+                                                (["a.jsonl"], "list of length 1")])
+def test_from_jsonl_rejects_what_is_not_a_path(path, received):
+    with pytest.raises(InputError, match=rf"from_jsonl: path must be a file path \(str or os.PathLike\); "
+                                         rf"received {re.escape(received)}$"):
+        from_jsonl(path)
 
 
 def test_from_jsonl_reads_users_rows(tmp_path):

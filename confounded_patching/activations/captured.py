@@ -15,9 +15,10 @@ from typing import Sequence
 
 import torch
 
+from ..errors import InputError, describe
 from ..models.sites import ReadKey
 from ..nodes import Node
-from ..results import Result
+from ..results import Result, check_array, check_nodes_field
 
 __all__ = ["Activations", "Captured"]
 
@@ -48,6 +49,21 @@ class Activations(Result):
 
     def __post_init__(self):
         object.__setattr__(self, "_index", {n: i for i, n in enumerate(self.nodes)})
+
+    def _check(self) -> None:
+        """Shapes agree: one ``[n_prompts, d]`` tensor per node, per-prompt extras of ``n_prompts`` rows (run by ``load``)."""
+        k = check_nodes_field("nodes", self.nodes)
+        if not isinstance(self.values, list) or len(self.values) != k:
+            raise InputError(f"field 'values' must hold one tensor per node ({k}); received {describe(self.values)}")
+        n = check_array("values[0]", self.values[0], (None, None))[0] if k else None
+        for i, value in enumerate(self.values):
+            check_array(f"values[{i}]", value, (n, None))
+        check_array("lengths", self.lengths, (n,), optional=True, integer=True)
+        check_array("outcome", self.outcome, (n,), optional=True)
+        check_array("embedding", self.embedding, (n, None), optional=True)
+        if self.prompts is not None and (not isinstance(self.prompts, list) or len(self.prompts) != n):
+            raise InputError(f"field 'prompts' must be None or one prompt per row ({n}); received "
+                             f"{describe(self.prompts)}")
 
     def __getitem__(self, node: Node) -> torch.Tensor:
         try:

@@ -34,6 +34,7 @@ from ..nodes import Node, is_node
 from ..progress import progress_bar
 from ..validation import check_int, check_positions
 from .captured import Activations, Captured
+from .fingerprint import identity
 from .store import ActivationStore
 
 __all__ = ["collect", "capture", "read_plan", "split_reads", "check_nodes"]
@@ -116,6 +117,8 @@ def collect(
         padding_side: ``"left"`` (default) or ``"right"``.
         store: a directory; batches are written there as they finish and an
             interrupted run resumes. Returns an :class:`~.store.ActivationStore`.
+            The store records fingerprints of the model (weights included)
+            and tokenizer; resuming or reusing it with another one is refused.
         progress: show a progress bar.
         remote: passed to nnsight's ``trace`` (e.g. ``remote=True`` for NDIF).
 
@@ -161,7 +164,7 @@ def collect(
 
     if store is not None:
         return ActivationStore.build(store, nodes, id_lists, groups, run_batch, meta=meta, prompts=text,
-                                     progress=progress)
+                                     progress=progress, identity=identity(adapter))
 
     parts, extras, order = [], [], []
     for index in progress_bar(groups, progress, desc="collect", unit="batch"):

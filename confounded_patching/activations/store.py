@@ -2,15 +2,27 @@
 
 Layout of a store directory::
 
-    manifest.json          nodes, prompt fingerprint, batching, model sizes, progress
+    manifest.json          nodes, prompt fingerprint, batching, model sizes, progress,
+                           model and tokenizer fingerprints
     shard-00000.safetensors  one batch: a tensor per node (keyed by node label),
-    shard-00001.safetensors  the prompt indices of the batch, lengths, outcome...
+    shard-00001.safetensors  the prompt indices of the batch, lengths, outcome...,
+                             and in its header the SHA-256 of each tensor
 
 Each shard is written to a temporary name and renamed when complete, so a
-shard that exists is whole. ``collect(..., store=DIR)`` skips the shards
-already present: an interrupted run resumes where it stopped (with the same
-prompts, nodes, batching, metric and embedding layer; anything else is
-refused). Nothing is pickled; reading a store executes no code.
+shard that exists is whole and carries its checksums (:mod:`~.shards`).
+``collect(..., store=DIR)`` skips the shards already present: an
+interrupted run resumes where it stopped (with the same model and
+tokenizer, prompts, nodes, batching, metric and embedding layer; anything
+else is refused, :mod:`~.fingerprint`). A resume first checks
+every shard already written against its checksums and recomputes the
+damaged ones (with a warning naming them), and removes the temporary files
+a killed write left behind. Reads verify the tensors they read and raise
+:class:`~.errors.StoreCorruptError` naming a damaged shard. Nothing is
+pickled; reading a store executes no code.
+
+Format 1 stores (written before fingerprints and checksums) open for
+reading, unverified and with a warning; resuming one is refused, since
+nothing says which model wrote its shards.
 
 A store is read without loading it whole: ``store.select(nodes)`` is a view
 of some nodes, ``iter_chunks`` reads only the named nodes' tensors from each
@@ -33,6 +45,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -42,15 +56,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..errors import InputError, describe
+from ..errors import InputError, StoreCorruptError, describe
 from ..nodes import Node, is_node, node_from_dict
 from ..progress import progress_bar
 from ..results import atomic_write
 from .captured import Activations
+from .fingerprint import identity_mismatch
+from .shards import Checksums, clean_stale, verify_file, write_shard
 
 __all__ = ["ActivationStore"]
 
-_FORMAT = "confounded_patching.store/1"
+_FORMAT = "confounded_patching.store/2"
+_FORMAT_1 = "confounded_patching.store/1"  # no model fingerprint, no checksums: read-only
 # capture settings a resumed run must share with the shards already written
 _RESUME_KEYS = ("family", "n_layers", "d_model", "padding_side", "embed_layer", "metric")
 
@@ -76,11 +93,15 @@ class ActivationStore:
         manifest: its ``manifest.json``.
         selected: the nodes this object reads (a view made by :meth:`select`);
             ``None`` for every stored node.
+        verify: check every tensor read against its shard's checksum (once
+            per tensor and store object); the file's size and header are
+            checked on every open either way.
     """
 
     path: Path
     manifest: dict = field(repr=False)
     selected: list | None = field(default=None, repr=False)
+    verify: bool = field(default=True, repr=False)
 
     @property
     def nodes(self) -> list[Node]:
@@ -139,12 +160,14 @@ class ActivationStore:
             raise InputError(f"the store at {self.path} does not hold {len(missing)} of the {len(nodes)} nodes, "
                              f"e.g. {missing[0]!r}; it holds {len(self.manifest['nodes'])} nodes, e.g. "
                              f"{self.stored_nodes[0]!r}")
-        return ActivationStore(self.path, self.manifest, nodes)
+        view = ActivationStore(self.path, self.manifest, nodes, self.verify)
+        view.__dict__["_checks"] = self._checks  # the views share what was verified
+        return view
 
     def widths(self, nodes: Sequence[Node] | None = None) -> list[int]:
         """Each node's activation width ``d`` (read from the first shard's header; no tensor is loaded)."""
         nodes = self.nodes if nodes is None else list(nodes)
-        with safe_open(str(self._existing_shard(0)), framework="pt") as f:
+        with self._open_shard(0) as f:
             return [int(f.get_slice(n.label).get_shape()[-1]) for n in nodes]
 
     @property
@@ -166,18 +189,12 @@ class ActivationStore:
         key = f"__{name}__"
         parts, order = [], []
         for i in range(self.n_shards):
-            with safe_open(str(self._existing_shard(i)), framework="pt") as f:
+            with self._open_shard(i) as f:
                 if key not in f.keys():
                     return None
                 order.append(f.get_tensor("__index__"))
                 parts.append(f.get_tensor(key))
         return torch.cat(parts)[torch.argsort(torch.cat(order))]
-
-    def _existing_shard(self, i: int) -> Path:
-        shard = self._shard(i)
-        if not shard.exists():
-            raise InputError(f"{self.path} is incomplete: {shard.name} is missing; run collect again to resume")
-        return shard
 
     @property
     def complete(self) -> bool:
@@ -186,27 +203,74 @@ class ActivationStore:
     def _shard(self, i: int) -> Path:
         return self.path / f"shard-{i:05d}.safetensors"
 
+    @property
+    def _checks(self) -> Checksums:
+        if "_checks" not in self.__dict__:
+            self.__dict__["_checks"] = Checksums(required=self.manifest.get("format") != _FORMAT_1)
+        return self.__dict__["_checks"]
+
+    def _open_shard(self, i: int, *, defer: bool = False):
+        """Shard ``i`` opened for reading, its checksums read (and its tensors verified as read, if ``verify``).
+
+        ``defer``: hash in worker threads instead; ``self._checks.wait()`` collects the verdicts.
+        """
+        return self._checks.open(self._shard(i), verify=self.verify, defer=defer)
+
+    def _damaged_shards(self) -> dict[int, str]:
+        """``{i: why}`` for the written shards that fail their checksums (every byte read; in parallel)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        written = [i for i in range(self.n_shards) if self._shard(i).exists()]
+        if not written or not self._checks.required:
+            return {}
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            reasons = list(pool.map(lambda i: verify_file(self._shard(i)), written))
+        return {i: why for i, why in zip(written, reasons) if why is not None}
+
+    def verify_shards(self) -> None:
+        """Read every written shard whole and check it against its checksums.
+
+        Raises :class:`~.errors.StoreCorruptError` naming every damaged
+        shard. Missing shards are not checked (see :meth:`check_complete`).
+        """
+        if not self._checks.required:
+            raise InputError(f"the store at {self.path} has format 1, which records no checksums to verify")
+        damaged = self._damaged_shards()
+        if damaged:
+            names = [self._shard(i).name for i in damaged]
+            detail = "; ".join(f"{self._shard(i).name}: {why}" for i, why in list(damaged.items())[:5])
+            raise StoreCorruptError(f"the store at {self.path} has {len(damaged)} damaged shard(s): {detail}"
+                                    f"{'; ...' if len(damaged) > 5 else ''}. Run collect(..., store=DIR) again "
+                                    "with the same model to recompute them", shards=names)
+
     @classmethod
-    def open(cls, path) -> "ActivationStore":
-        """Open an existing store directory."""
-        path = Path(path)
+    def open(cls, path, *, verify: bool = True) -> "ActivationStore":
+        """Open an existing store directory (``verify``: see the class attributes)."""
+        path = _store_path(path, "path")
         manifest_path = path / "manifest.json"
         if not manifest_path.exists():
             raise InputError(f"{path} is not an activation store (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != _FORMAT:
-            raise InputError(f"{manifest_path}: unknown format {manifest.get('format')!r}; expected {_FORMAT!r}")
-        return cls(path, manifest)
+        manifest = _read_manifest(manifest_path)
+        if manifest.get("format") == _FORMAT_1:
+            warnings.warn(f"the store at {path} has format 1, which records no shard checksums: its shards are "
+                          "read unverified", stacklevel=2)
+        return cls(path, manifest, verify=verify)
 
     @classmethod
-    def build(cls, path, nodes, id_lists, groups, run_batch, *, meta, prompts, progress) -> "ActivationStore":
-        """Create or resume a store, computing the missing shards with ``run_batch(index)``."""
-        path = Path(path)
+    def build(cls, path, nodes, id_lists, groups, run_batch, *, meta, prompts, progress,
+              identity=None) -> "ActivationStore":
+        """Create or resume a store, computing the missing or damaged shards with ``run_batch(index)``.
+
+        ``identity`` (:func:`~.fingerprint.identity`) fingerprints the model
+        and tokenizer; a store recorded with another one is refused.
+        """
+        path = _store_path(path, "store")
         path.mkdir(parents=True, exist_ok=True)
         fingerprint = _fingerprint(id_lists, nodes, groups)
         manifest_path = path / "manifest.json"
         if manifest_path.exists():
-            old = cls.open(path).manifest
+            old = _read_manifest(manifest_path)
+            _check_resumable(path, old, identity)
             if old.get("fingerprint") != fingerprint:
                 raise InputError(
                     f"{path} holds a store for other prompts, nodes or batching; use a new directory or delete it"
@@ -216,25 +280,31 @@ class ActivationStore:
                 if key in old_meta and old_meta.get(key) != meta.get(key):
                     raise InputError(f"{path} was collected with {key}={old_meta.get(key)!r}; this call has "
                                      f"{key}={meta.get(key)!r}. Use a new directory or delete it")
+        else:
+            _check_no_orphan_shards(path)
+        _warn_stale(path, clean_stale(path))
         manifest = {"format": _FORMAT, "fingerprint": fingerprint, "nodes": [n.to_dict() for n in nodes],
-                    "n_prompts": len(id_lists), "n_shards": len(groups), "meta": meta, "prompts": prompts}
+                    "n_prompts": len(id_lists), "n_shards": len(groups), "meta": meta, "prompts": prompts,
+                    "identity": identity}
         atomic_write(manifest_path, lambda tmp: Path(tmp).write_text(json.dumps(manifest)))
         store = cls(path, manifest)
-        todo = [i for i in range(len(groups)) if not store._shard(i).exists()]
+        damaged = store._damaged_shards()
+        _warn_damaged(store, damaged)
+        todo = [i for i in range(len(groups)) if not store._shard(i).exists() or i in damaged]
         for i in progress_bar(todo, progress, desc="collect", unit="batch", initial=len(groups) - len(todo),
                               total=len(groups)):
             result, extra = run_batch(groups[i])
             tensors = {n.label: result[n].contiguous() for n in nodes}
             tensors["__index__"] = torch.as_tensor(np.asarray(groups[i]), dtype=torch.int64)
             tensors.update({f"__{k}__": v.contiguous() for k, v in extra.items()})
-            atomic_write(store._shard(i), lambda tmp: save_file(tensors, tmp))
+            write_shard(store._shard(i), tensors)
         return store
 
     def iter_chunks(self, nodes: Sequence[Node] | None = None) -> Iterator[tuple[torch.Tensor, dict]]:
         """Yield ``(prompt_index [b], {node: [b, d]})`` shard by shard; memory is one shard."""
         nodes = self.nodes if nodes is None else list(nodes)
         for i in range(self.manifest["n_shards"]):
-            with safe_open(str(self._existing_shard(i)), framework="pt") as f:
+            with self._open_shard(i) as f:
                 yield f.get_tensor("__index__"), {n: f.get_tensor(n.label) for n in nodes}
 
     def load(self, nodes: Sequence[Node] | None = None):
@@ -242,15 +312,82 @@ class ActivationStore:
         nodes = self.nodes if nodes is None else list(nodes)
         parts, extras, order = [], {}, []
         for i in range(self.manifest["n_shards"]):
-            with safe_open(str(self._existing_shard(i)), framework="pt") as f:
+            with self._open_shard(i, defer=True) as f:
                 order.append(f.get_tensor("__index__"))
                 parts.append([f.get_tensor(n.label) for n in nodes])
                 for key in f.keys():
                     if key.startswith("__") and key != "__index__":
                         extras.setdefault(key.strip("_"), []).append(f.get_tensor(key))
+        self._checks.wait()
         inverse = torch.argsort(torch.cat(order))
         values = [torch.cat([p[j] for p in parts])[inverse] for j in range(len(nodes))]
         extra = {k: torch.cat(v)[inverse] for k, v in extras.items()}
         return Activations(nodes=nodes, values=values, prompts=self.manifest.get("prompts"),
                            lengths=extra.get("lengths"), outcome=extra.get("outcome"),
                            embedding=extra.get("embedding"), meta=self.manifest.get("meta", {}))
+
+
+# ----------------------------------------------------------------------------- integrity checks
+
+
+def _store_path(path, argument: str) -> Path:
+    """``path`` as a Path; refuses non-paths and existing regular files."""
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise InputError(f"{argument} must be a directory path (str or os.PathLike); received {describe(path)}")
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"{argument} must be a directory for the activation store; {path} is an existing file")
+    return path
+
+
+def _read_manifest(manifest_path: Path) -> dict:
+    """The parsed ``manifest.json``; :class:`InputError` naming the file if it is damaged or of another format."""
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{manifest_path} is damaged: not a readable JSON manifest ({err}). Collect into a new "
+                         "directory, or delete this one") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{manifest_path} is damaged: expected a JSON object; received {describe(manifest)}")
+    if manifest.get("format") not in (_FORMAT, _FORMAT_1):
+        raise InputError(f"{manifest_path}: unknown format {manifest.get('format')!r}; expected {_FORMAT!r}")
+    wanted = {"nodes": list, "n_prompts": int, "n_shards": int}
+    bad = [k for k, t in wanted.items() if not isinstance(manifest.get(k), t) or isinstance(manifest.get(k), bool)]
+    if bad:
+        raise InputError(f"{manifest_path} is damaged: field {bad[0]!r} is missing or of the wrong type "
+                         f"(received {describe(manifest.get(bad[0]))})")
+    return manifest
+
+
+def _check_resumable(path: Path, old: dict, identity) -> None:
+    """Refuse to resume a store of format 1, or one collected with another model or tokenizer."""
+    if old.get("format") == _FORMAT_1:
+        raise InputError(f"the store at {path} has format 1, which records neither the model that collected it "
+                         "nor shard checksums, so a resume cannot check that its shards match this model. Read it "
+                         "with ActivationStore.open(DIR) (or mediate(..., store=DIR) without a model), or collect "
+                         "into a new directory")
+    why = identity_mismatch(path, old.get("identity"), identity)
+    if why is not None:
+        raise InputError(why)
+
+
+def _check_no_orphan_shards(path: Path) -> None:
+    """Refuse a directory that holds shards but no manifest: nothing says what computed them."""
+    orphans = sorted(p.name for p in path.glob("shard-*.safetensors"))
+    if orphans:
+        raise InputError(f"{path} holds {len(orphans)} shard(s) (e.g. {orphans[0]}) but no manifest.json, so "
+                         "nothing says which model, prompts or nodes they belong to; collect into a new directory, "
+                         "or delete this one")
+
+
+def _warn_stale(path: Path, removed: int) -> None:
+    if removed:
+        warnings.warn(f"removed {removed} temporary file(s) that an interrupted write left in the store at {path}",
+                      stacklevel=3)
+
+
+def _warn_damaged(store: "ActivationStore", damaged: dict) -> None:
+    if damaged:
+        detail = "; ".join(f"{store._shard(i).name} ({why})" for i, why in list(damaged.items())[:5])
+        warnings.warn(f"the store at {store.path} has {len(damaged)} damaged shard(s), recomputed now: {detail}"
+                      f"{'; ...' if len(damaged) > 5 else ''}", stacklevel=3)

@@ -21,8 +21,9 @@ An optional key is given on every line or on none; ``clean`` needs
 ``corrupt``; ``answer`` and ``wrong_answer`` go together, and make the
 metric ``logit[answer] − logit[wrong_answer]`` (one metric for all rows when
 every line has the same pair, a per-row metric otherwise). Blank lines are
-skipped. Every problem is reported as an ``InputError`` that starts with
-``file:line:``.
+skipped. A key given twice in one object is an error (JSON parsers
+otherwise keep the last value silently). Every problem is reported as an
+``InputError`` that starts with ``file:line:``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,33 @@ def _check_value(where: str, key: str, value):
     return value
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list) -> dict:
+    """``object_pairs_hook`` for ``json.loads``: a dict, refusing a key given twice."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+    return dict(pairs)
+
+
+def _parse_line(where: str, line: str):
+    """One JSON value; InputError starting with ``where`` for invalid JSON or a key given twice."""
+    try:
+        return json.loads(line, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        raise InputError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
+    except _DuplicateKey as dup:
+        raise InputError(f"{where}: key {dup.key!r} is given twice in one object; give each key once "
+                         "(JSON readers would silently keep the last value)") from None
+
+
 def from_jsonl(path: str | os.PathLike, *, name: str | None = None, tokenizer=None,
                ignore_unknown: bool = False) -> PromptSet:
     """Read a prompt set from a JSON Lines file (format in the module docstring).
@@ -83,6 +111,8 @@ def from_jsonl(path: str | os.PathLike, *, name: str | None = None, tokenizer=No
         >>> data = from_jsonl("my_prompts.jsonl")
         >>> data.prompts[:2], data.topics[:2]
     """
+    if not isinstance(path, (str, os.PathLike)) or isinstance(path, bytes):
+        raise InputError(f"from_jsonl: path must be a file path (str or os.PathLike); received {describe(path)}")
     path = Path(path)
     if not path.is_file():
         raise InputError(f"from_jsonl: {path} does not exist or is not a file")
@@ -95,10 +125,7 @@ def from_jsonl(path: str | os.PathLike, *, name: str | None = None, tokenizer=No
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{where}: invalid JSON: {err.msg} (column {err.colno})") from None
+        obj = _parse_line(where, line)
         if not isinstance(obj, dict):
             raise InputError(f"{where}: each line must be a JSON object like {{\"prompt\": \"...\"}}; "
                              f"received {describe(obj)}")

@@ -66,7 +66,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, describe
-from ..results import Result
+from ..results import Result, check_array, check_scalar
 from ..validation import as_matrix
 from . import engine
 from .confounders import confounder_features
@@ -147,6 +147,14 @@ class AIEResult(Result):
     augmented: bool = False
     kind: str = "aie"
 
+    def _check(self) -> None:
+        """Every estimate and diagnostic is a number, the statuses strings (run by ``load``)."""
+        from dataclasses import fields as dataclass_fields
+
+        for f in dataclass_fields(self):
+            check_scalar(f.name, getattr(self, f.name), (str,) if f.type == "str" else
+                         (bool,) if f.type == "bool" else (int, float))
+
 
 @dataclass(frozen=True)
 class AIETable(Result):
@@ -194,6 +202,16 @@ class AIETable(Result):
 
     def __len__(self) -> int:
         return len(self.value)
+
+    def _check(self) -> None:
+        """Per-node fields have one entry per node, ``boot`` is ``[n_nodes, n_boot]`` (run by ``load``)."""
+        (k,) = check_array("value", self.value, (None,))
+        for name in _PER_NODE:
+            check_array(name, getattr(self, name), (k,))
+        check_array("boot", self.boot, (k, None))
+        if not isinstance(self.status, list) or len(self.status) != k:
+            raise InputError(f"field 'status' must be a list with one entry per node ({k}); received "
+                             f"{describe(self.status)}")
 
     def __getitem__(self, i: int) -> AIEResult:
         i = range(len(self))[i]

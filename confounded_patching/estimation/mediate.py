@@ -43,7 +43,7 @@ from ..models import adapt
 from ..models.tokens import as_id_lists, token_labels
 from ..nodes import Node
 from ..nodes import nodes as all_nodes
-from ..results import EB_ADJUSTED, EB_UNADJUSTED, Result
+from ..results import EB_ADJUSTED, EB_UNADJUSTED, Result, check_array, check_nodes_field
 from ..validation import resolve_device
 from .aie import AIETable, aie_tables
 from .confounders import is_labels, kmeans_topics
@@ -78,6 +78,19 @@ class MediationResult(Result):
     query: str
     tokens: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+
+    def _check(self) -> None:
+        """Each table has one row per node and ``outcome``/``topics`` one entry per prompt (run by ``load``)."""
+        k = check_nodes_field("nodes", self.nodes)
+        (m,) = check_array("outcome", self.outcome, (None,))
+        check_array("topics", self.topics, (m,), optional=True)
+        tables = {"adjusted": self.adjusted, "unadjusted": self.unadjusted}
+        for name, table in tables.items():
+            if table is not None and (not isinstance(table, AIETable) or len(table) != k):
+                raise InputError(f"field {name!r} must be an AIETable of {k} nodes (one per node); received "
+                                 f"{describe(table) if not isinstance(table, AIETable) else f'{len(table)} rows'}")
+        if self.adjusted is None and self.unadjusted is None:
+            raise InputError("fields 'adjusted' and 'unadjusted' are both empty")
 
     @property
     def value(self) -> np.ndarray:

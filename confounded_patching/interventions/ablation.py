@@ -41,7 +41,7 @@ from ..models import adapt
 from ..models.tokens import as_id_lists, pad_id
 from ..nodes import Node
 from ..progress import progress_bar
-from ..results import Result
+from ..results import Result, check_array, check_nodes_field
 from ..validation import check_choice, check_int, check_positions
 from .rows import Row, run_rows
 
@@ -71,6 +71,15 @@ class AblationResult(Result):
     baseline: np.ndarray
     outcome: str
     donors: np.ndarray | None = None
+
+    def _check(self) -> None:
+        """Shapes agree: ``values``, ``baseline`` and ``donors`` are ``[n_prompts]`` (run by ``load``)."""
+        check_nodes_field("nodes", self.nodes)
+        (n,) = check_array("values", self.values, (None,))
+        check_array("baseline", self.baseline, (n,))
+        check_array("donors", self.donors, (n,), optional=True, integer=True)
+        if self.how not in HOW:
+            raise InputError(f"field how must be one of {HOW}; received {self.how!r}")
 
     @property
     def effect(self) -> np.ndarray:

@@ -29,7 +29,7 @@ from ..metrics import Metric, as_metric, logits_request
 from ..models import adapt
 from ..models.tokens import as_id_lists, pad_id, token_labels
 from ..nodes import nodes as all_nodes
-from ..results import Result, node_columns, patch_tag
+from ..results import Result, check_array, check_nodes_field, node_columns, patch_tag
 from ..validation import check_choice, check_int, check_positions
 
 __all__ = ["PatchingResult", "PatchInputs", "prepare", "DIRECTIONS", "METHODS"]
@@ -64,6 +64,16 @@ class PatchingResult(Result):
     tokens: list = field(default_factory=list)
     clean_prompts: list | None = None
     corrupt_prompts: list | None = None
+
+    def _check(self) -> None:
+        """Shapes agree: ``raw`` is ``[n_pairs, n_nodes]``, ``clean`` and ``corrupt`` ``[n_pairs]`` (run by ``load``)."""
+        k = check_nodes_field("nodes", self.nodes)
+        (p,) = check_array("clean", self.clean, (None,))
+        check_array("corrupt", self.corrupt, (p,))
+        check_array("raw", self.raw, (p, k))
+        if self.direction not in DIRECTIONS or self.method not in METHODS:
+            raise InputError(f"fields direction and method must be in {DIRECTIONS} and {METHODS}; received "
+                             f"{self.direction!r} and {self.method!r}")
 
     @property
     def target(self) -> np.ndarray:

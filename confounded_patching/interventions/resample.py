@@ -28,7 +28,7 @@ from ..models import adapt
 from ..models.tokens import as_id_lists, pad_id
 from ..nodes import Node
 from ..progress import progress_counter
-from ..results import Result, node_columns, resample_tag
+from ..results import Result, check_array, check_nodes_field, node_columns, resample_tag
 from ..validation import check_int
 from .rows import PrefixCache, Row, run_rows
 
@@ -54,6 +54,16 @@ class ResampleResult(Result):
     baseline: np.ndarray
     outcome: str
     stratified: bool = False
+
+    def _check(self) -> None:
+        """Shapes agree: ``effects`` ``[n_pairs, n_nodes]``, ``pairs`` ``[n_pairs, 2]`` indexing ``baseline`` (run by ``load``)."""
+        k = check_nodes_field("nodes", self.nodes)
+        (m,) = check_array("baseline", self.baseline, (None,))
+        p, _ = check_array("effects", self.effects, (None, k))
+        check_array("pairs", self.pairs, (p, 2), integer=True)
+        if p and (self.pairs.min() < 0 or self.pairs.max() >= m):
+            raise InputError(f"field 'pairs' must index the {m} prompts of baseline; received indices from "
+                             f"{self.pairs.min()} to {self.pairs.max()}")
 
     @property
     def value(self) -> np.ndarray:
