@@ -42,7 +42,8 @@ from .errors import InputError, describe
 from .nodes import is_node, node_from_dict
 
 __all__ = ["Result", "atomic_write", "check_array", "check_nodes_field", "check_scalar", "METHOD_TAGS", "PATCH_EXACT", "PATCH_ATTRIBUTION", "RESAMPLE",
-           "RESAMPLE_STRATIFIED", "EB_UNADJUSTED", "EB_ADJUSTED", "patch_tag", "resample_tag", "is_score",
+           "RESAMPLE_STRATIFIED", "EB_UNADJUSTED", "EB_ADJUSTED", "RESAMPLE_METHODS", "patch_tag", "resample_tag",
+           "is_exact_resample", "is_score",
            "NODE_COLUMNS", "LONG_FORM_COLUMNS", "node_columns"]
 
 # ----------------------------------------------------------------------------- long form
@@ -54,7 +55,12 @@ RESAMPLE = "resample"
 RESAMPLE_STRATIFIED = "resample:stratified"
 EB_UNADJUSTED = "eb:unadjusted"
 EB_ADJUSTED = "eb:adjusted"
-METHOD_TAGS = (PATCH_EXACT, PATCH_ATTRIBUTION, RESAMPLE, RESAMPLE_STRATIFIED, EB_UNADJUSTED, EB_ADJUSTED)
+#: The resample AIE computed with first-order terms for some nodes (``method="auto"``) or all of them
+#: (``method="attribution"``); the tags without a suffix are the exact resample AIE.
+RESAMPLE_METHODS = ("auto", "attribution")
+METHOD_TAGS = (PATCH_EXACT, PATCH_ATTRIBUTION,
+               *(f"resample{s}:{m}" for m in RESAMPLE_METHODS for s in (":stratified", "")),
+               RESAMPLE_STRATIFIED, RESAMPLE, EB_UNADJUSTED, EB_ADJUSTED)
 
 #: The node's columns, first in every long-form table.
 NODE_COLUMNS = ("node", "kind", "layer", "head", "pos")
@@ -67,9 +73,19 @@ def patch_tag(method: str) -> str:
     return f"patch:{method}"
 
 
-def resample_tag(stratified: bool) -> str:
-    """The tag of the resample AIE, with partners drawn within strata or not."""
-    return RESAMPLE_STRATIFIED if stratified else RESAMPLE
+def resample_tag(stratified: bool, method: str = "exact") -> str:
+    """The tag of the resample AIE: donors drawn within strata or not, computed exactly or not.
+
+    ``"resample"``, ``"resample:stratified"`` (exact); ``"resample:auto"``, ``"resample:stratified:auto"``,
+    ``"resample:attribution"`` ... (first-order terms for some or all nodes).
+    """
+    base = RESAMPLE_STRATIFIED if stratified else RESAMPLE
+    return base if method == "exact" else f"{base}:{method}"
+
+
+def is_exact_resample(tag: str) -> bool:
+    """Whether a method tag is the exact resample AIE (the interventional truth)."""
+    return tag in (RESAMPLE, RESAMPLE_STRATIFIED)
 
 
 def is_score(tag: str) -> bool:

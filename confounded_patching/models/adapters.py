@@ -96,17 +96,22 @@ class Adapter:
             self._blocks_return_tensor = _blocks_return_tensor(self.module, self.spec.layout)
         return self._blocks_return_tensor
 
-    def grad_run(self, batch: TokenBatch, sites, metric_fn) -> tuple[dict, dict, torch.Tensor]:
-        """Forward with gradients: site tensors, d(metric_fn(logits).sum())/d(site), last logits.
+    def grad_run(self, batch: TokenBatch, sites, metric_fn, *, full: bool = False
+                 ) -> tuple[dict, dict, torch.Tensor]:
+        """Forward with gradients: site tensors, d(metric_fn(logits).sum())/d(site), the logits.
 
-        ``sites`` is a list of ``(kind, layer)``. Gradients are taken with
-        ``torch.autograd.grad`` so no parameter's ``.grad`` is touched.
+        ``sites`` is a list of ``(kind, layer)``. ``metric_fn`` receives the
+        logits at each row's last real token ``[batch, vocab]``, or with
+        ``full`` every position's ``[batch, seq, vocab]``; those logits are
+        returned (detached). Gradients are taken with ``torch.autograd.grad``
+        so no parameter's ``.grad`` is touched.
         """
         batch = batch.to(self.device)
         tensors: dict = {}
         with torch.enable_grad():
-            logits = self._grad_forward(batch, sorted(set(sites), key=lambda s: (s[1], s[0] != "resid")), tensors)
-            last = _gather_last(logits, batch)
+            logits = self._grad_forward(batch, sorted(set(sites), key=lambda s: (s[1], s[0] != "resid")), tensors,
+                                        full=full)
+            last = _gather_last(logits, batch, full)
             value = metric_fn(last)
             keys = list(tensors)
             grads = torch.autograd.grad(value.sum(), [tensors[k] for k in keys], allow_unused=True)
@@ -118,7 +123,7 @@ class Adapter:
                 grads[k] = grads[k].unflatten(-1, (self.spec.n_heads, -1))
         return acts, grads, last.detach()
 
-    def _grad_forward(self, batch, sites, tensors):  # pragma: no cover - abstract
+    def _grad_forward(self, batch, sites, tensors, *, full=False):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def check_node(self, node, *, argument: str = "nodes") -> None:
@@ -194,7 +199,7 @@ class _HFInputs:
 class _HFGrad:
     """Gradient runs through torch hooks on the underlying HF module (nnsight leaves these working)."""
 
-    def _grad_forward(self, batch, sites, tensors):
+    def _grad_forward(self, batch, sites, tensors, *, full=False):
         hf, layout = self.module, self.spec.layout
         handles = []
 
@@ -229,7 +234,7 @@ class _HFGrad:
                         keep((kind, layer)), with_kwargs=True))
                 elif kind == "mlp":
                     handles.append(block.get_submodule(layout.mlp).register_forward_hook(keep_out((kind, layer))))
-            inputs = self._hf_inputs(hf, batch, True)
+            inputs = self._hf_inputs(hf, batch, "full" if full else True)
             logits = hf(**inputs).logits
         finally:
             for h in handles:
@@ -405,7 +410,7 @@ class TransformerLensAdapter(Adapter):
             result = self.model.run_with_hooks(batch.input_ids, fwd_hooks=hooks, return_type="logits", **extra)
         return out, (_gather_last(result, batch, logits == "full") if logits else None)
 
-    def _grad_forward(self, batch, sites, tensors):
+    def _grad_forward(self, batch, sites, tensors, *, full=False):
         def keep(site, leaf=False):
             def hook(act, hook):
                 if leaf:

@@ -90,3 +90,53 @@ def hand_patched_metric(hf, ids_target, node, value, n_heads):
             return hf(torch.tensor([ids_target])).logits[0, -1]
     finally:
         h.remove()
+
+
+def node_gradient(hf, family: str, ids: list[int], node, metric_fn, n_heads: int):
+    """(value, d metric / d value) of ``node`` on one unpadded prompt, by hand: torch hooks + autograd.
+
+    The node's site tensor is replaced by a leaf copy inside the forward pass, so the gradient is the
+    partial derivative at the node with everything upstream held fixed; ``metric_fn`` maps the
+    last-position logits ``[vocab]`` to a scalar. Positions: ``node.pos`` (negative from the end), or
+    every position for ``pos=None``.
+    """
+    blocks_path, out_proj, mlp = PATHS[family]
+    block = hf.get_submodule(blocks_path)[node.layer]
+    leaf = {}
+
+    def make_leaf(x):
+        x = x.detach().clone().requires_grad_(True)
+        leaf["x"] = x
+        return x
+
+    def pre(module, args, kwargs):
+        if args:
+            return (make_leaf(args[0]), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": make_leaf(kwargs["hidden_states"])}
+
+    def z_pre(module, args):
+        return (make_leaf(args[0]), *args[1:])
+
+    def mlp_post(module, args, output):
+        if isinstance(output, tuple):
+            return (make_leaf(output[0]), *output[1:])
+        return make_leaf(output)
+
+    if node.kind == "resid":
+        handle = block.register_forward_pre_hook(pre, with_kwargs=True)
+    elif node.kind == "head":
+        handle = block.get_submodule(out_proj).register_forward_pre_hook(z_pre)
+    else:
+        handle = block.get_submodule(mlp).register_forward_hook(mlp_post)
+    try:
+        with torch.enable_grad():
+            y = metric_fn(hf(torch.tensor([ids])).logits[0, -1])
+            (grad,) = torch.autograd.grad(y, [leaf["x"]])
+    finally:
+        handle.remove()
+    value, grad = leaf["x"][0].detach(), grad[0]
+    if node.kind == "head":
+        value, grad = value.unflatten(-1, (n_heads, -1))[:, node.head], grad.unflatten(-1, (n_heads, -1))[:, node.head]
+    if node.pos is not None:
+        value, grad = value[node.pos], grad[node.pos]
+    return value, grad
