@@ -4,7 +4,7 @@ Public names, by stage of the pipeline (``docs/layout.md`` maps each to its modu
 
 - nodes: ``MLP``, ``Head``, ``Resid``, ``nodes``
 - activations: ``collect``, ``capture``, ``Activations``, ``ActivationStore`` (on disk)
-- interventions: ``patch``, ``resample``, ``ablate``, ``ablation_curve`` and their results
+- interventions: ``patch``, ``resample``, ``confirm``, ``ablate``, ``ablation_curve`` and their results
 - estimation: ``EntropyBalancer``, ``balance_features``, ``aie``, ``aie_many``, ``mediate`` and their results
 - modules: ``metrics``, ``models``, ``datasets``, ``plot``, ``simulate``, ``pipeline``, ``cli``
 
@@ -31,6 +31,8 @@ _LAZY = {
     "resample": "interventions.resample",
     "PatchingResult": "interventions.clean_corrupt",
     "ResampleResult": "interventions.resample",
+    "confirm": "interventions.confirm",
+    "Confirmation": "interventions.confirm",
     "ablate": "interventions.ablation",
     "ablation_curve": "interventions.ablation",
     "AblationResult": "interventions.ablation",

@@ -6,6 +6,10 @@
   ``PatchingResult``;
 - :mod:`.patching` — ``patch``: classic activation patching;
 - :mod:`.attribution` — attribution patching (a gradient approximation);
-- :mod:`.resample` — ``resample``: the resample (interventional) AIE;
+- :mod:`.gradients` — node values and the outcome's gradients, per prompt;
+- :mod:`.resample` — ``resample``: the resample (interventional) AIE,
+  exactly or to first order;
+- :mod:`.confirm` — ``confirm``: a fast AIE's top nodes run exactly, and
+  the agreement;
 - :mod:`.ablation` — ``ablate`` and ``ablation_curve``.
 """

@@ -74,7 +74,7 @@ class ResampleResult(Result):
             recipient prompt ``i`` and node, the mean over its donors.
         pairs: the (i, j) prompt indices ``[n_pairs, 2]``, shared by every node; ``j = -1`` means every
             donor of ``i``'s pool (``n_pairs="all"``).
-        baseline: ``y(i)`` per prompt ``[n_prompts]``.
+        baseline: ``y(i)`` per prompt ``[n_prompts]`` (NaN for a prompt in no pair: it was not run).
         outcome: the outcome metric's name.
         stratified: True if j was drawn from i's stratum.
         methods: how each node's effects were computed, ``"exact"`` or ``"attribution"`` (first order).
@@ -325,7 +325,7 @@ def resample(
     t0 = time.perf_counter()
     attr = [n for n, h in zip(nodes, how) if h == "attribution"]
     vg = node_gradients(adapter, id_lists, nodes, metric, grad_nodes=attr,
-                        grad_prompts=np.unique(pairs[:, 0]) if attr else (), value_prompts=range(m),
+                        grad_prompts=np.unique(pairs[:, 0]) if attr else (), value_prompts=np.unique(pairs),
                         batch_size=batch_size, progress=progress, remote=remote)
     effects = np.zeros((len(pairs), len(nodes)))
     for k, (node, h) in enumerate(zip(nodes, how)):
