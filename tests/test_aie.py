@@ -141,7 +141,7 @@ def test_bootstrap_replicates_are_shared_across_nodes(sem_table):
 def test_infeasible_balance_gives_nan_and_says_so():
     rng = np.random.default_rng(0)
     q = rng.normal(size=(600, 2))
-    node = np.c_[q[:, 0] + 1e-3 * rng.normal(size=600), rng.normal(size=600)]  # n is (almost) q itself
+    node = np.c_[q[:, 0] + 1e-2 * rng.normal(size=600), rng.normal(size=600)]  # n is (almost) q itself
     y = q[:, 0] * node[:, 0] + rng.normal(size=600)
     r = aie(q, node, y, None, gamma=0.0, d_q=2, d_n=2, K=50, n_boot=10)
     assert r.status == "infeasible"

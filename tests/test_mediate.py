@@ -27,20 +27,53 @@ def test_mediate_equals_its_parts(setup):
     model, prompts, nodes = setup
     metric = cp.metrics.logit_diff("w3", "w4")
     kw = dict(K=30, n_boot=10, d_q=8, d_n=8, seed=1)  # automatic gamma: finite adjusted values to compare
-    res = cp.mediate(model, prompts, nodes, metric, n_topics=3, embed_layer=1, progress=False, **kw)
-    acts = cp.collect(model, prompts, nodes, metric=metric, embed_layer=1, progress=False)
+    res = quiet(cp.mediate, model, prompts, nodes, metric, n_topics=3, query="model", embed_layer=0, progress=False,
+                **kw)
+    acts = cp.collect(model, prompts, nodes, metric=metric, embed_layer=0, progress=False)
     topics = kmeans_topics(acts.embedding, k=3, seed=1)
     pairs = pair_index(len(prompts), 30, 1)
     vals = [acts[n] for n in nodes]
     adj = aie_many(acts.embedding, vals, acts.outcome, topics, pairs=pairs, **{k: v for k, v in kw.items()})
     unadj = aie_many(acts.embedding, vals, acts.outcome, None, pairs=pairs, **{k: v for k, v in kw.items()})
-    np.testing.assert_allclose(res.adjusted.value, adj.value, rtol=1e-6, equal_nan=True)
-    np.testing.assert_allclose(res.unadjusted.value, unadj.value, rtol=1e-6, equal_nan=True)
-    assert np.isfinite(res.adjusted.value).sum() >= len(nodes) // 2  # the comparison is not NaN against NaN
+    above = np.array([n.layer >= 1 for n in nodes])  # layer-0 nodes feed the query: no estimate for them
+    np.testing.assert_allclose(res.adjusted.value[above], adj.value[above], rtol=1e-6, equal_nan=True)
+    np.testing.assert_allclose(res.unadjusted.value[above], unadj.value[above], rtol=1e-6, equal_nan=True)
+    assert np.isfinite(res.adjusted.value[above]).sum() >= above.sum() // 2  # not NaN against NaN
     assert list(res.topics) == [str(t) for t in topics]
     df = res.to_dataframe()
     assert set(df["method"]) == {"eb:adjusted", "eb:unadjusted"} and len(df) == 2 * len(nodes)
-    assert {"node", "kind", "layer", "head", "pos", "value", "ci_low", "ci_high", "ess", "gamma"} <= set(df.columns)
+    assert {"node", "kind", "layer", "head", "pos", "value", "ci_low", "ci_high", "ess", "gamma", "reliable",
+            "reason"} <= set(df.columns)
+    assert df["reliable"].dtype == bool
+
+
+def test_the_models_query_never_comes_from_a_layer_at_or_above_the_nodes(setup):
+    model, prompts, nodes = setup
+    with pytest.warns(UserWarning, match=r"nodes lie at or below the query's layer"):
+        res = cp.mediate(model, prompts, nodes, cp.metrics.logit_diff("w3", "w4"), query="model", embed_layer=1,
+                         K=20, n_boot=0, d_q=6, d_n=6, progress=False)
+    assert res.settings["embed_layer"] == 1
+    for table in (res.adjusted, res.unadjusted):
+        for i, node in enumerate(nodes):  # the tiny model has layers 0 and 1: every node is at or below layer 1
+            assert node.layer <= 1
+            assert np.isnan(table.value[i]) and table.status[i] == "unidentified" and not table.reliable[i]
+            assert "computed from this node's output" in table.reason[i]
+    assert not res.reliable.any() and all("embed_layer" in r for r in res.reason)
+
+
+def test_sentence_query_is_the_encoders_embedding_of_the_prompts(setup):
+    from confounded_patching.models.encoder import embed_sentences
+
+    model, prompts, nodes = setup
+    metric = cp.metrics.logit_diff("w3", "w4")
+    kw = dict(K=20, n_boot=0, d_q=6, d_n=6, seed=2)
+    res = quiet(cp.mediate, model, prompts, nodes[:4], metric, confounder=None, progress=False, **kw)
+    acts = cp.collect(model, prompts, nodes[:4], metric=metric, progress=False)
+    q = embed_sentences(prompts)
+    ref = quiet(aie_many, q, [acts[n] for n in nodes[:4]], acts.outcome, None, pairs=pair_index(len(prompts), 20, 2),
+                **kw)
+    assert res.query.startswith("sentence embedding (all-MiniLM-L6-v2")
+    np.testing.assert_allclose(res.unadjusted.value, ref.value, rtol=1e-6, equal_nan=True)
 
 
 def test_mediate_with_labels_and_reused_activations(setup, tmp_path):
@@ -65,6 +98,30 @@ def test_mediate_bad_input(setup):
         cp.mediate(model, prompts, nodes, np.zeros(5), progress=False)
     with pytest.raises(cp.InputError, match="confounder must be 'kmeans'"):
         cp.mediate(model, prompts, nodes, cp.metrics.logit("w3"), confounder="topics", progress=False)
+    labels = ["yes", "no"] * 110
+    with pytest.raises(cp.InputError, match=r"outcome as labels must be numbers, one per prompt .* holding 'yes'"):
+        cp.mediate(model, prompts, nodes, labels, query="model", embed_layer=0, progress=False)
+    with pytest.raises(cp.InputError, match=r"mediate got unknown keyword argument\(s\) \['d_qq'\]; it takes the "
+                                            r"estimator's settings .*'d_q'"):
+        cp.mediate(model, prompts, nodes, cp.metrics.logit("w3"), d_qq=3, progress=False)
+    with pytest.raises(cp.InputError, match=r"seed must be an int >= 0; received '0'"):
+        cp.mediate(model, prompts, nodes, cp.metrics.logit("w3"), seed="0", progress=False)
+    with pytest.raises(cp.InputError, match=r"query must be one of \('sentence', 'model'\) or an array"):
+        cp.mediate(model, prompts, nodes, cp.metrics.logit("w3"), query="residual", progress=False)
+    with pytest.raises(cp.InputError, match=r"query is constant .* k-means topics cannot be formed"):
+        cp.mediate(model, prompts, nodes, cp.metrics.logit("w3"), query=np.zeros((220, 8)), progress=False)
+
+
+def test_a_constant_query_gives_every_node_nan_and_the_reason(setup):
+    model, prompts, nodes = setup
+    topics = np.array(["a", "b"] * 110)
+    with pytest.warns(UserWarning, match="not identified by the data"):
+        res = cp.mediate(model, prompts, nodes[:3], cp.metrics.logit("w3"), query=np.zeros((220, 8)),
+                         confounder=topics, K=20, n_boot=5, d_q=4, d_n=4, progress=False)
+    for table in (res.adjusted, res.unadjusted):
+        assert np.isnan(table.value).all() and np.isnan(table.ci_low).all()
+        assert set(table.status) == {"unidentified"} and not table.reliable.any()
+        assert all(r == "the query is constant: no variation to reweight" for r in table.reason)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error raised without a GPU")
@@ -106,7 +163,8 @@ def gpt2():
     return model, tiny.prompts(220, seed=7), nodes
 
 
-MED = dict(K=30, n_boot=10, d_q=8, d_n=8, seed=1, n_topics=3, embed_layer=1, chunk_size=5, progress=False)
+MED = dict(K=30, n_boot=10, d_q=8, d_n=8, seed=1, n_topics=3, query="model", embed_layer=0, chunk_size=5,
+           progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +179,8 @@ def _same(a, b):
         assert ta.status == tb.status and ta.status_x == tb.status_x
         # measured: equal to ~1e-16; the margin covers a float32 rounding flip in the solver (aie_many's default)
         np.testing.assert_allclose(tb.value, ta.value, rtol=1e-6, atol=1e-8, equal_nan=True)
-    assert np.isfinite(a.adjusted.value).all()
+    above = np.array([n.layer >= 1 for n in a.nodes])  # layer-0 nodes feed the query (embed_layer=0)
+    assert np.isfinite(a.adjusted.value[above]).all() and np.isnan(a.adjusted.value[~above]).all()
     np.testing.assert_array_equal(a.outcome, b.outcome)
     assert list(a.topics) == list(b.topics)
 
@@ -142,7 +201,7 @@ def test_mediate_with_a_store_equals_in_memory_and_reopens_without_the_model(gpt
 def test_mediate_resumes_an_interrupted_capture_in_its_store(gpt2, in_memory, tmp_path):
     model, prompts, nodes = gpt2
     metric = cp.metrics.logit_diff("w3", "w4")
-    quiet(cp.collect, model, prompts, nodes, metric=metric, embed_layer=1, store=tmp_path, progress=False)
+    quiet(cp.collect, model, prompts, nodes, metric=metric, embed_layer=0, store=tmp_path, progress=False)
     shards = sorted(tmp_path.glob("shard-*.safetensors"))
     for shard in shards[2:5]:  # as if the capture had stopped before these
         shard.unlink()

@@ -59,6 +59,8 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -74,8 +76,15 @@ from .gamma_rule import GammaRule
 from .node_coords import coords, node_source
 from .options import AIEOptions
 from .partners import check_partners, pair_index
+from .reliability import UNIDENTIFIED, ReliabilityRule, assess, unidentified
 
-__all__ = ["aie", "aie_many", "aie_tables", "AIEResult", "AIETable"]
+__all__ = ["aie", "aie_many", "aie_tables", "warn_unreliable", "mark_unidentified", "outcome_columns", "AIEResult", "AIETable",
+           "AUGMENT_PROMPTS_PER_COLUMN"]
+
+#: ``augment="auto"`` fits the outcome model only with at least this many prompts per column of it
+#: (chosen on the planted-truth family, ``docs/estimator.md``: with fewer, the fitted products add more
+#: error than the residual imbalance they correct, e.g. on topic-only nodes at d = 25, m <= 1000).
+AUGMENT_PROMPTS_PER_COLUMN = 10
 
 
 # ----------------------------------------------------------------------------- results
@@ -117,6 +126,12 @@ class AIEResult(Result):
         adjusted: whether a confounder was balanced.
         calibrated, augmented: whether the Hajek totals were calibrated and
             the outcome-model augmentation added.
+        query_corr: largest canonical correlation between the node's and the
+            query's coordinates (given the confounder when adjusted): near 1,
+            the node is nearly determined by the query (no overlap).
+        reliable: whether the value can be trusted by the rule of
+            :mod:`~.reliability` (``False`` for every ``nan`` value).
+        reason: why not (``""`` when reliable).
     """
 
     value: float
@@ -145,6 +160,9 @@ class AIEResult(Result):
     winsorize: float = 0.0
     calibrated: bool = False
     augmented: bool = False
+    query_corr: float = float("nan")
+    reliable: bool = True
+    reason: str = ""
     kind: str = "aie"
 
     def _check(self) -> None:
@@ -163,7 +181,8 @@ class AIETable(Result):
     Per-node fields (numpy arrays, ``status`` a list) are those of
     :class:`AIEResult`: ``value``, ``ci_low``, ``ci_high``, ``se``,
     ``gamma``, ``gamma_max``, ``gamma_noise``, ``ess``, ``pair_ess``,
-    ``imbalance``, ``status``, ``winsorized``. ``boot`` holds the bootstrap
+    ``imbalance``, ``status``, ``winsorized``, ``query_corr``, ``reliable``
+    (bool array) and ``reason`` (list of str). ``boot`` holds the bootstrap
     replicates ``[n_nodes, n_boot]``, computed from the same resampled
     prompts for every node, so contrasts between nodes can be bootstrapped
     too. The other fields are shared. ``table[i]`` is node ``i``'s
@@ -198,6 +217,10 @@ class AIETable(Result):
     calibrated: bool = False
     augmented: bool = False
     gamma_rule: dict = field(default_factory=dict)
+    query_corr: np.ndarray | None = None
+    reliable: np.ndarray | None = None
+    reason: list | None = None
+    reliability: dict = field(default_factory=dict)
     kind: str = "aie_table"
 
     def __len__(self) -> int:
@@ -209,15 +232,26 @@ class AIETable(Result):
         for name in _PER_NODE:
             check_array(name, getattr(self, name), (k,))
         check_array("boot", self.boot, (k, None))
-        if not isinstance(self.status, list) or len(self.status) != k:
-            raise InputError(f"field 'status' must be a list with one entry per node ({k}); received "
-                             f"{describe(self.status)}")
+        check_array("query_corr", self.query_corr, (k,), optional=True)
+        check_array("reliable", self.reliable, (k,), optional=True)
+        for name in ("status", "reason"):
+            value = getattr(self, name)
+            if (value is not None or name == "status") and (not isinstance(value, list) or len(value) != k):
+                raise InputError(f"field {name!r} must be a list with one entry per node ({k}); received "
+                                 f"{describe(value)}")
 
     def __getitem__(self, i: int) -> AIEResult:
         i = range(len(self))[i]
         per = {k: float(getattr(self, k)[i]) for k in _PER_NODE}
         shared = {k: getattr(self, k) for k in _SHARED}
-        return AIEResult(status=self.status[i], **per, **shared)
+        extra = {}
+        if self.query_corr is not None:
+            extra["query_corr"] = float(self.query_corr[i])
+        if self.reliable is not None:
+            extra["reliable"] = bool(self.reliable[i])
+        if self.reason is not None:
+            extra["reason"] = self.reason[i]
+        return AIEResult(status=self.status[i], **per, **shared, **extra)
 
     def to_dataframe(self, nodes: Sequence | None = None):
         """Long-form table, one row per node (``node`` column from ``nodes`` if given, else 0..n-1)."""
@@ -227,6 +261,11 @@ class AIETable(Result):
             raise InputError(f"nodes must have one entry per row ({len(self)}); received {describe(nodes)}")
         df = pd.DataFrame({k: getattr(self, k) for k in _PER_NODE})
         df.insert(len(df.columns), "status", self.status)
+        k = len(self)
+        df["query_corr"] = self.query_corr if self.query_corr is not None else np.full(k, np.nan)
+        df["reliable"] = (np.asarray(self.reliable, dtype=bool) if self.reliable is not None
+                          else np.isfinite(np.asarray(self.value, dtype=float)))
+        df["reason"] = self.reason if self.reason is not None else [""] * k
         df.insert(0, "node", [str(n) for n in nodes] if nodes is not None else np.arange(len(self)))
         for k in _SHARED:
             df[k] = getattr(self, k)
@@ -241,7 +280,8 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
              d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
              pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", chunk_size: int = 64,
              dtype=torch.float32, tol: float | None = None, max_iter: int | None = None,
-             gamma_rule: GammaRule | None = None, device=None, augment="auto") -> AIETable:
+             gamma_rule: GammaRule | None = None, device=None, augment="auto",
+             reliability: ReliabilityRule | None = None) -> AIETable:
     """AIE of every node, with the EB problems solved batched across nodes.
 
     Args:
@@ -305,11 +345,18 @@ def aie_many(query, nodes, outcome, confounder=None, *, K: int = 200, gamma="aut
             estimator (:mod:`~.outcome_model`: a ridge regression of ``y`` on
             ``[q, q^2, n, n^2, x, q n, q x]``, a light fixed penalty on the
             products only), which corrects
-            the bias left by approximate balance (``"auto"``: on for Hajek;
-            the HT forms reproduce the paper and have none).
+            the bias left by approximate balance (``"auto"``: on for Hajek when
+            there are at least :data:`AUGMENT_PROMPTS_PER_COLUMN` = 10 prompts per
+            column of the outcome model, :func:`outcome_columns`, e.g. m >= 570
+            at d_q = d_n = 5 and m >= 8,550 at 25; the HT forms reproduce the paper
+            and have none).
+        reliability: thresholds of the per-node ``reliable`` flag
+            (:class:`~.reliability.ReliabilityRule`; None: the calibrated defaults).
 
     Returns:
-        :class:`AIETable`, one entry per node in input order.
+        :class:`AIETable`, one entry per node in input order, with ``reliable`` and ``reason`` per node.
+        Nodes whose AIE the data cannot identify (a constant query or node, a node that is a linear
+        function of the query) get ``nan``, status ``"unidentified"`` and the reason, with a warning.
     """
     options = AIEOptions.from_arguments(locals())
     return aie_tables(query, nodes, outcome, [confounder], options, stacklevel=2)[0]
@@ -320,7 +367,7 @@ def aie(query, node, outcome, confounder=None, *, K: int = 200, gamma="auto", ga
         d_q: int = 25, d_n: int = 25, winsorize: float | None = None, n_boot: int = 200, ci: float = 0.95,
         pairs=None, seed: int = 0, confounder_kind: str = "auto", calibrate="auto", dtype=torch.float64,
         tol: float | None = None, max_iter: int | None = None, gamma_rule: GammaRule | None = None,
-        device=None, augment="auto") -> AIEResult:
+        device=None, augment="auto", reliability: ReliabilityRule | None = None) -> AIEResult:
     """AIE of one node (:func:`aie_many` on ``[node]``, solved in float64 by default).
 
     Args:
@@ -360,7 +407,10 @@ def aie_tables(query, nodes, outcome, confounders: list, options: AIEOptions, *,
     source = node_source(nodes, m)
     xs = [confounder_features(c, m, kind=opts.confounder_kind)[0] for c in confounders]
     kmax = max((0 if x is None else x.shape[1]) for x in xs)
-    _check_size(m, min(opts.d_q, qraw.shape[1]), min(opts.d_n, max(source.widths)) + kmax)
+    d_q, d_n = min(opts.d_q, qraw.shape[1]), min(opts.d_n, max(source.widths))
+    _check_size(m, d_q, d_n + kmax)
+    if options.augment == "auto" and opts.augment and m < AUGMENT_PROMPTS_PER_COLUMN * outcome_columns(d_q, d_n, kmax):
+        opts = dataclasses.replace(opts, augment=False)  # too few prompts for the outcome model's columns
 
     q64 = coords(qraw, opts.d_q, opts.seed)
     q = q64.to(opts.dtype)
@@ -371,7 +421,11 @@ def aie_tables(query, nodes, outcome, confounders: list, options: AIEOptions, *,
     rows = torch.arange(m) if opts.estimator == "hajek" else torch.nonzero(y != 0).flatten()
     settings = [engine.setting(c, x, q, q64, J, rows, opts, stacklevel + 1) for c, x in zip(confounders, xs)]
     results = engine.run(settings, source, q, q64, y, J, counts, opts, progress)
-    return [_table(st, res, m, J, opts) for st, res in zip(settings, results)]
+    query_constant = bool(q64.abs().amax() == 0)
+    tables = [_table(st, res, m, J, opts, query_constant) for st, res in zip(settings, results)]
+    for table in tables:
+        warn_unreliable(table, stacklevel=stacklevel + 1)
+    return tables
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -387,6 +441,11 @@ def _outcome(y) -> torch.Tensor:
     return t
 
 
+def outcome_columns(d_q: int, d_n: int, k: int) -> int:
+    """Columns of the augmented estimator's outcome model: ``[q, q^2, n, n^2, q n, x, q x]``."""
+    return 2 * d_q + 2 * d_n + d_q * d_n + k + d_q * k
+
+
 def _check_size(m: int, d_q: int, d_z: int):
     need = 2 * (2 * d_q + d_z) + 10
     if m < need:
@@ -394,10 +453,19 @@ def _check_size(m: int, d_q: int, d_z: int):
                          f"{d_z} node/confounder dims; received {m} prompts. Lower d_q / d_n or add prompts")
 
 
-def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions) -> AIETable:
-    """Assemble the per-node results (in input order) into an :class:`AIETable`."""
-    keys = ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "pair_ess", "gamma_max", "gamma_noise")
+def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions, query_constant: bool = False) -> AIETable:
+    """Assemble the per-node results (in input order) into an :class:`AIETable`, with the identifiability
+    guards and the reliable flag (:mod:`~.reliability`)."""
+    keys = ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "pair_ess", "gamma_max", "gamma_noise",
+            "query_corr", "constant")
     cat = {k: torch.stack([r[k] for r in res]).numpy() for k in keys}
+    status = [r["status"] for r in res]
+    why = unidentified(query_constant, cat["constant"], cat["query_corr"])
+    for i, reason in enumerate(why):
+        if reason:
+            cat["value"][i] = np.nan
+            cat["boot"][i] = np.nan
+            status[i] = UNIDENTIFIED
     value = cat["value"]
     n_boot = opts.n_boot
     boot = cat["boot"] if n_boot else np.zeros((len(value), 0))
@@ -409,12 +477,49 @@ def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions) -> AIETab
     nan_rows = np.isnan(value)
     lo, hi, se = (np.where(nan_rows, np.nan, a) for a in (lo, hi, se))
     gx, ess_x, imb_x, status_x = st.diag_x
+    reliable, reason = assess(status, cat["query_corr"], cat["pair_ess"], ess_x, m, st.adjusted, opts.reliability,
+                              prior=why)
+    reliable &= np.isfinite(value)
+    reason = [r or ("no estimate" if not ok else "") for r, ok in zip(reason, reliable)]
     return AIETable(
         value=value, ci_low=lo, ci_high=hi, se=se, gamma=cat["gamma"], ess=cat["ess"], pair_ess=cat["pair_ess"],
-        imbalance=cat["imbalance"], status=[r["status"] for r in res], winsorized=cat["winsorized"],
+        imbalance=cat["imbalance"], status=status, winsorized=cat["winsorized"],
         gamma_max=cat["gamma_max"], gamma_noise=cat["gamma_noise"], boot=boot,
         gamma_x=gx, ess_x=ess_x, imbalance_x=imb_x, status_x=status_x,
         n=m, K=int(J.shape[1]), variant=opts.variant, estimator=opts.estimator, weights=opts.weights,
         features="squares" if opts.squares else "paper", adjusted=st.adjusted, winsorize=float(opts.winsorize or 0.0),
         calibrated=bool(opts.calibrate), augmented=bool(opts.augment),
-        gamma_rule=opts.gamma_rule.to_dict() if "auto" in (opts.gamma, opts.gamma_x) else {})
+        gamma_rule=opts.gamma_rule.to_dict() if "auto" in (opts.gamma, opts.gamma_x) else {},
+        query_corr=cat["query_corr"], reliable=reliable, reason=reason, reliability=opts.reliability.to_dict())
+
+
+def mark_unidentified(table: AIETable, mask, reasons) -> AIETable:
+    """``table`` with the nodes where ``mask`` is true set to ``nan``, status ``"unidentified"``, unreliable, with
+    ``reasons[i]`` (a list of str, one per node)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return table
+    nan_fields = {k: np.where(mask, np.nan, getattr(table, k)) for k in ("value", "ci_low", "ci_high", "se")}
+    boot = np.where(mask[:, None], np.nan, table.boot)
+    status = [UNIDENTIFIED if bad else s for bad, s in zip(mask, table.status)]
+    reliable = np.asarray(table.reliable, dtype=bool) & ~mask
+    reason = [r if bad else old for bad, r, old in zip(mask, reasons, table.reason or [""] * len(table))]
+    return dataclasses.replace(table, boot=boot, status=status, reliable=reliable, reason=reason, **nan_fields)
+
+
+def warn_unreliable(table: AIETable, *, stacklevel: int = 1) -> None:
+    """Warn once per table about nodes whose AIE is unidentified or whose weights hit the iteration cap."""
+    name = "adjusted" if table.adjusted else "unadjusted"
+    bad = [i for i, s in enumerate(table.status) if s == UNIDENTIFIED]
+    if bad:
+        warnings.warn(f"{name} EB-AIE: {len(bad)} of {len(table)} node(s) are not identified by the data and get "
+                      f"nan (node {bad[0]}: {table.reason[bad[0]]}); see the table's status and reason",
+                      stacklevel=stacklevel + 1)
+    stuck = [i for i, s in enumerate(table.status) if s == "max_iter"]
+    if stuck or table.status_x == "max_iter":
+        what = f"{len(stuck)} of {len(table)} node model(s)" if stuck else "the topic model pi_x"
+        if stuck and table.status_x == "max_iter":
+            what += " and the topic model pi_x"
+        warnings.warn(f"{name} EB-AIE: the entropy-balancing weights of {what} stopped at the iteration cap "
+                      "(status 'max_iter') without meeting the tolerance; those values are flagged unreliable. "
+                      "Raise max_iter or lower d_q / d_n", stacklevel=stacklevel + 1)

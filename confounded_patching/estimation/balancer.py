@@ -33,6 +33,8 @@ Zubizarreta (2020) Biometrika 107:93-105.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -42,11 +44,32 @@ from .features import DenseFeatures, FactoredFeatures
 from .linalg import standardize_columns
 from .solvers import Solution, certificate, fista, kkt_residual, newton, with_offset
 
-__all__ = ["EntropyBalancer", "verify_wanted", "MAX_ITER_NEWTON", "MAX_ITER_FISTA"]
+__all__ = ["EntropyBalancer", "ConvergenceWarning", "check_solver_dtype", "verify_wanted", "MAX_ITER_NEWTON",
+           "MAX_ITER_FISTA"]
 
 MAX_ITER_NEWTON = 200  # default iteration caps of the two solvers
 MAX_ITER_FISTA = 5000
 SOLVERS = ["auto", "newton", "fista"]
+
+
+class ConvergenceWarning(UserWarning):
+    """An entropy-balancing solve stopped at its iteration cap without meeting its tolerance."""
+
+
+def check_solver_dtype(name: str, dtype) -> None:
+    """Raise :class:`InputError` unless ``dtype`` is ``torch.float32`` or ``torch.float64``.
+
+    Half precision (float16, bfloat16) is refused with the reason: it keeps 3 significant digits, so
+    the balance conditions cannot be met to any useful tolerance, and torch has no CPU Cholesky for it.
+    Half-precision *inputs* are accepted everywhere and converted to the solver's dtype.
+    """
+    if dtype in (torch.float16, torch.bfloat16):
+        raise InputError(f"{name} must be torch.float32 or torch.float64; received {dtype}: half precision keeps "
+                         "about 3 significant digits, too few to meet the balance tolerances, and torch has no "
+                         "CPU Cholesky for it. Pass float16/bfloat16 arrays as inputs instead: they are converted")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise InputError(f"{name} must be a torch floating dtype (torch.float32 or torch.float64); "
+                         f"received {describe(dtype)}")
 
 
 class EntropyBalancer:
@@ -71,6 +94,9 @@ class EntropyBalancer:
         solver: ``"auto"`` or ``"newton"`` (working-set Newton, for any
             gamma) or ``"fista"`` (first order; many cheap iterations, slow
             on ill-conditioned features).
+        warn: issue a :class:`ConvergenceWarning` when a problem stops at
+            ``max_iter`` without meeting ``tol`` (the library's own
+            estimators turn it off and report the status per node instead).
         verify: re-check the solution in float64 on the CPU and set
             ``status_`` from that check: ``"auto"`` (default) does so when
             the solve ran off the CPU, where float32 and TF32 matmuls can blur
@@ -101,8 +127,9 @@ class EntropyBalancer:
     """
 
     def __init__(self, gamma=0.0, *, max_iter: int | None = None, tol: float = 1e-8, device=None,
-                 dtype=torch.float64, solver: str = "auto", verify="auto"):
+                 dtype=torch.float64, solver: str = "auto", verify="auto", warn: bool = True):
         self.gamma = gamma
+        self.warn = warn
         self.max_iter = max_iter
         self.tol = tol
         self.device = device
@@ -175,9 +202,9 @@ class EntropyBalancer:
         # None: solve where the input lives (validated device otherwise); the parameter itself is not modified
         self._device = None if self.device is None else resolve_device(self.device)
         check_auto_bool("verify", self.verify)
-        if not (isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point):
-            raise InputError(f"dtype must be a torch floating dtype (e.g. torch.float64); "
-                             f"received {describe(self.dtype)}")
+        check_solver_dtype("dtype", self.dtype)
+        if not isinstance(self.warn, bool):
+            raise InputError(f"warn must be True or False; received {describe(self.warn)}")
         check_choice("solver", self.solver, SOLVERS)
         if self.max_iter is not None and not (isinstance(self.max_iter, int) and not isinstance(self.max_iter, bool)
                                               and self.max_iter >= 1):
@@ -229,6 +256,14 @@ class EntropyBalancer:
         if self.verified_:
             op, sol, gamma = _verify(op, sol, gamma, self.tol)
         self._set_attributes(op, sol, gamma, batched, numpy_out)
+        stuck = sum(st == "max_iter" for st in sol.status)
+        if stuck and self.warn:
+            which = "" if not batched else f"{stuck} of {op.B} problems "
+            warnings.warn(f"EntropyBalancer: {which}stopped at max_iter = {max_iter} iterations without meeting "
+                          f"tol = {self.tol:g} (KKT residual {float(np.max(np.atleast_1d(self.kkt_))):.3g}); the "
+                          "weights do not balance the features to the requested tolerance. Raise max_iter, loosen "
+                          "gamma, or rescale the features (see status_, kkt_, imbalance_)",
+                          ConvergenceWarning, stacklevel=3)
         return self
 
     def _set_attributes(self, op, sol, gamma, batched, numpy_out):

@@ -15,6 +15,8 @@ Example::
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy.cluster.vq import ClusterError, kmeans2
@@ -26,6 +28,8 @@ from .linalg import pca_scores
 __all__ = ["kmeans_topics", "one_hot", "confounder_features", "is_labels", "CONFOUNDER_KINDS"]
 
 CONFOUNDER_KINDS = ["auto", "labels", "covariates"]
+#: topics with fewer prompts than this get a warning: the adjustment for them rests on those few prompts
+MIN_TOPIC_PROMPTS = 5
 
 
 def is_labels(confounder, kind: str = "auto") -> bool:
@@ -137,6 +141,13 @@ def confounder_features(confounder, m: int, *, kind: str = "auto"):
         raise InputError(f"confounder must have one entry per prompt ({m}); received {describe(confounder)}")
     if is_labels(arr, kind):
         X, names = one_hot(arr)
+        cats, counts = np.unique(arr.astype(str) if arr.dtype == object else arr, return_counts=True)
+        small = [(str(c), int(n)) for c, n in zip(cats, counts) if n < MIN_TOPIC_PROMPTS]
+        if small:
+            warnings.warn(f"confounder: {len(small)} topic(s) have fewer than {MIN_TOPIC_PROMPTS} prompts "
+                          f"({', '.join(f'{c!r}: {n}' for c, n in small[:5])}); balancing the query against such a "
+                          f"topic rests on those prompts alone, and a topic of 1 prompt cannot be balanced. Merge "
+                          f"rare topics or drop their prompts", stacklevel=3)
     else:
         if arr.dtype.kind not in "iufb":
             raise InputError(f"confounder covariates must be numeric; received {describe(confounder)}")

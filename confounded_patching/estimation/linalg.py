@@ -31,7 +31,7 @@ from ..errors import InputError, describe
 from ..validation import as_float_tensor, check_int
 
 __all__ = ["pca", "randomized_svd", "standardize", "standardize_columns", "pca_scores", "fix_signs",
-           "uses_exact_svd", "N_ITER", "cholesky_escalating", "BLOCK_FLOATS", "block_rows"]
+           "uses_exact_svd", "N_ITER", "cholesky_escalating", "BLOCK_FLOATS", "block_rows", "canonical_correlation"]
 
 N_ITER = 4  # power iterations of the randomized range finder
 
@@ -204,3 +204,39 @@ def cholesky_escalating(A: torch.Tensor, diagonals) -> tuple:
             break
         L[bad], info[bad] = torch.linalg.cholesky_ex(A[bad] + torch.diag_embed(d[bad]))
     return L, info
+
+
+# ----------------------------------------------------------------------------- canonical correlation
+
+
+def _basis(t: torch.Tensor, tol: float) -> torch.Tensor:
+    """Orthonormal basis of the column space of centred ``t`` [..., m, p]; directions below ``tol`` x the largest
+    singular value are dropped (their columns zeroed)."""
+    U, S, _ = torch.linalg.svd(t - t.mean(-2, keepdim=True), full_matrices=False)
+    keep = S > tol * S.amax(-1, keepdim=True).clamp_min(1e-300)
+    return U * keep.unsqueeze(-2)
+
+
+def canonical_correlation(a: torch.Tensor, b: torch.Tensor, given: torch.Tensor | None = None, *,
+                          tol: float = 1e-8) -> torch.Tensor:
+    """Largest canonical correlation between ``a`` [m, p] and each ``b`` [B, m, r] (given ``given`` [m, k]).
+
+    With ``given``, both sides are first residualized on it (least squares): the partial canonical
+    correlation. 1 means some combination of ``b``'s columns is a linear function of ``a``'s (and ``given``);
+    0 also when ``b`` is constant. Returns ``[B]`` float64 in ``[0, 1]``.
+
+    For jointly Gaussian ``(a, b)`` with canonical correlations ``rho_k``, the stabilized weights
+    ``f(a) f(b) / f(a, b)`` have a finite variance only when every ``rho_k < 1/2`` (then
+    ``E[w^2] = prod_k (1 - rho_k^2) / sqrt(1 - 4 rho_k^2)``): the number measures how far a node's value
+    is from being determined by the query, i.e. overlap.
+    """
+    a = a.double()
+    b = b.double() if b.ndim == 3 else b.double().unsqueeze(0)
+    if given is not None:
+        g = _basis(given.double(), tol)
+        a = a - g @ (g.transpose(-1, -2) @ (a - a.mean(0)))
+        b = b - g @ (g.transpose(-1, -2) @ (b - b.mean(-2, keepdim=True)))
+    Ua = _basis(a, tol)
+    Ub = _basis(b, tol)
+    M = Ua.transpose(-1, -2).unsqueeze(0) @ Ub  # [B, p, r]
+    return torch.linalg.matrix_norm(M, ord=2).clamp(0.0, 1.0)

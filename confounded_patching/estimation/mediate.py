@@ -5,9 +5,13 @@ Fotouhi et al. (arXiv 2412.02893) on a model:
 
 1. one capture pass over the prompts
    (:func:`~confounded_patching.activations.capturing.collect`):
-   every node's activation, the outcome metric on the last-position logits,
-   and a query embedding of each prompt (the model's residual stream at
-   ``embed_layer``, averaged over the prompt's tokens) — or user arrays;
+   every node's activation and the outcome metric on the last-position
+   logits; the query embedding of each prompt comes from an independent
+   sentence encoder (``query="sentence"``, the default: all-MiniLM-L6-v2,
+   :mod:`~confounded_patching.models.encoder`, as the paper's RoBERTa), or
+   from the model's own residual stream entering ``embed_layer`` averaged
+   over the prompt's tokens (``query="model"``; nodes at or below that layer
+   are upstream of their query's source and get no estimate), or user arrays;
 2. the confounder: k-means topics of the query embeddings (``"kmeans"``,
    ``n_topics`` clusters), user topic labels, or continuous covariates;
 3. the EB-AIE of every node, adjusted for the confounder and unadjusted,
@@ -30,6 +34,7 @@ GPU (re-checked in float64 on the CPU). See ``docs/scale.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -44,13 +49,21 @@ from ..models.tokens import as_id_lists, token_labels
 from ..nodes import Node
 from ..nodes import nodes as all_nodes
 from ..results import EB_ADJUSTED, EB_UNADJUSTED, Result, check_array, check_nodes_field
-from ..validation import resolve_device
-from .aie import AIETable, aie_tables
+from ..validation import check_int, resolve_device
+from .aie import AIETable, aie_tables, mark_unidentified
 from .confounders import is_labels, kmeans_topics
+from .node_coords import rescaled
 from .options import AIEOptions
 from .partners import pair_index
 
-__all__ = ["mediate", "MediationResult", "warn_if_degenerate"]
+__all__ = ["mediate", "MediationResult", "warn_if_degenerate", "QUERIES", "DEFAULT_QUERY"]
+
+#: the query embeddings ``mediate`` can compute itself (or pass an array ``[m, D]``)
+QUERIES = ("sentence", "model")
+#: the default: it agreed better with the interventional AIE on SmolLM2 (docs/estimator.md)
+DEFAULT_QUERY = "sentence"
+#: keyword arguments of ``mediate`` that are not estimator settings passed through to ``aie_many``
+_OWN = ("K", "gamma", "seed", "pairs", "device")
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,18 @@ class MediationResult(Result):
     def value(self) -> np.ndarray:
         """Adjusted AIE per node (unadjusted when there is no confounder)."""
         return (self.adjusted or self.unadjusted).value
+
+    @property
+    def reliable(self) -> np.ndarray:
+        """Per node, whether the adjusted value (unadjusted without a confounder) can be trusted (:mod:`~.reliability`)."""
+        tab = self.adjusted or self.unadjusted
+        return np.asarray(tab.reliable, dtype=bool) if tab.reliable is not None else np.isfinite(tab.value)
+
+    @property
+    def reason(self) -> list:
+        """Per node, why its value is not reliable (``""`` when it is)."""
+        tab = self.adjusted or self.unadjusted
+        return list(tab.reason) if tab.reason is not None else [""] * len(self.nodes)
 
     def table(self, adjusted: bool = True) -> AIETable:
         return self.adjusted if adjusted and self.adjusted is not None else self.unadjusted
@@ -150,10 +175,31 @@ def _outcome_values(metric, outcome, acts: Activations, m: int) -> tuple[np.ndar
         if acts.outcome is None:
             raise InputError("activations hold no outcome; pass the metric to collect() or outcome labels here")
         return acts.outcome.numpy().astype(float), acts.meta.get("metric") or getattr(metric, "name", "metric")
-    y = np.asarray(outcome.detach().cpu().numpy() if isinstance(outcome, torch.Tensor) else outcome, dtype=float)
+    raw = outcome.detach().cpu().numpy() if isinstance(outcome, torch.Tensor) else outcome
+    try:
+        y = np.asarray(raw, dtype=float)
+    except (TypeError, ValueError):
+        sample = next(iter(np.asarray(raw, dtype=object).ravel()), None)
+        raise InputError(f"outcome as labels must be numbers, one per prompt (0/1 labels or a continuous metric); "
+                         f"received {describe(outcome)} holding {sample!r}. Map the labels to numbers first, e.g. "
+                         f"[1.0 if v == 'yes' else 0.0 for v in labels]") from None
     if y.shape != (m,):
         raise InputError(f"outcome as labels must have one value per prompt ({m}); received {describe(outcome)}")
     return y, "labels"
+
+
+def _prompt_texts(prompts, tokenizer, m: int) -> list[str]:
+    """The prompts as text for the sentence encoder (token ids decoded with ``tokenizer``)."""
+    if prompts is None:
+        raise InputError("query='sentence' embeds the prompts' text: pass prompts=... (or query='model' / an array)")
+    items = prompts.tolist() if isinstance(prompts, (torch.Tensor, np.ndarray)) else list(prompts)
+    if len(items) != m:
+        raise InputError(f"prompts must have one entry per captured prompt ({m}); received {describe(prompts)}")
+    if all(isinstance(p, str) for p in items):
+        return items
+    if tokenizer is None:
+        raise InputError("query='sentence' needs the prompts as text, or a tokenizer to decode token ids")
+    return [p if isinstance(p, str) else tokenizer.decode(list(p), skip_special_tokens=True) for p in items]
 
 
 def _first_prompt_tokens(tokenizer, prompts) -> list[str]:
@@ -175,7 +221,7 @@ def mediate(
     *,
     confounder="kmeans",
     n_topics: int = 3,
-    query=None,
+    query="sentence",
     embed_layer: int | None = None,
     unadjusted: bool = True,
     K: int = 200,
@@ -204,9 +250,17 @@ def mediate(
         confounder: ``"kmeans"`` (topics of the query embeddings), topic
             labels ``[m]``, covariates ``[m, k]``, or None (unadjusted only).
         n_topics: k for ``"kmeans"``.
-        query: query embeddings ``[m, D]``; default: the model's residual
-            stream entering ``embed_layer`` (default ``n_layers // 4``),
-            averaged over each prompt's tokens.
+        query: how each prompt's query embedding is obtained:
+            ``"sentence"`` (default; None means the same): all-MiniLM-L6-v2
+            sentence embeddings of the prompts
+            (:func:`~confounded_patching.models.encoder.embed_sentences`, offline;
+            token-id prompts are decoded with the tokenizer), an encoder
+            independent of the model, as in the paper; ``"model"``: the model's
+            residual stream entering ``embed_layer`` (default ``n_layers // 4``),
+            averaged over each prompt's tokens. A node at layer ``l`` is computed
+            from the query's source when ``l <= embed_layer`` (the query would be
+            its descendant), so such nodes get ``nan``, status ``"unidentified"``
+            and the reason; or an array ``[m, D]`` of your own.
         unadjusted: also compute the unadjusted ("normal") estimator.
         progress: progress bars for the capture pass and the estimator (over
             nodes).
@@ -245,6 +299,16 @@ def mediate(
         raise InputError(f"store must be a directory path (str or os.PathLike); received {describe(store)}")
     if model is None and activations is None and store is None:
         raise InputError("mediate needs a model, activations=... from a previous collect(), or store=DIR")
+    check_int("seed", seed, minimum=0, expected="an int >= 0")
+    unknown = sorted(set(aie_kwargs) - {f.name for f in dataclasses.fields(AIEOptions)} - set(_OWN))
+    if unknown:
+        raise InputError(f"mediate got unknown keyword argument(s) {unknown}; it takes the estimator's settings "
+                         f"{sorted(f.name for f in dataclasses.fields(AIEOptions) if f.name not in _OWN)} "
+                         f"(see help(cp.aie_many)) and its own arguments")
+    if query is None:
+        query = DEFAULT_QUERY
+    if isinstance(query, str) and query not in QUERIES:
+        raise InputError(f"query must be one of {QUERIES} or an array [prompts, dims]; received {query!r}")
     device = resolve_device(device)
     if model is None and store is not None:
         activations = ActivationStore.open(store)
@@ -264,8 +328,8 @@ def mediate(
         embed_layer = n_layers // 4
     if activations is None:
         activations = collect(adapter, prompts, nodes, batch_size=batch_size, metric=metric,
-                              embed_layer=embed_layer if query is None else None, progress=progress, remote=remote,
-                              store=store)
+                              embed_layer=embed_layer if isinstance(query, str) and query == "model" else None,
+                              progress=progress, remote=remote, store=store)
     streamed = isinstance(activations, ActivationStore)
     if streamed:
         activations.check_complete("activations" if store is None else "store")
@@ -274,11 +338,18 @@ def mediate(
         raise InputError(f"activations do not hold {len(missing)} of the nodes, e.g. {missing[0]!r}")
     m = len(activations)
     y, outcome_name = _outcome_values(metric, outcome, activations, m)
-    if query is None:
+    layer = None
+    if isinstance(query, str) and query == "model":
         if activations.embedding is None:
-            raise InputError("activations hold no query embedding; pass query=... or collect(..., embed_layer=...)")
+            raise InputError("query='model': the activations hold no query embedding; collect them with "
+                             "collect(..., embed_layer=...) or use query='sentence'")
         layer = activations.meta.get("embed_layer", embed_layer)
         q, query_name = activations.embedding, f"mean residual stream entering layer {layer}"
+    elif isinstance(query, str):
+        from ..models.encoder import ENCODER_NAME, embed_sentences
+
+        texts = _prompt_texts(prompts, adapter.tokenizer if model is not None else tokenizer, m)
+        q, query_name = embed_sentences(texts), f"sentence embedding ({ENCODER_NAME}, mean pooling)"
     else:
         q, query_name = query, "user arrays"
     topics = None
@@ -286,6 +357,10 @@ def mediate(
         if confounder != "kmeans":
             raise InputError(f"confounder must be 'kmeans', labels [m], covariates [m, k] or None; received "
                              f"{confounder!r}")
+        qt = torch.as_tensor(np.asarray(q, dtype=np.float64)) if not isinstance(q, torch.Tensor) else q.double()
+        if qt.ndim == 2 and qt.shape[0] == m and bool((rescaled(qt) == rescaled(qt)[:1]).all()):
+            raise InputError("query is constant (every prompt has the same embedding): k-means topics cannot be "
+                             "formed and no node's EB-AIE is identified; pass a query that varies")
         topics = kmeans_topics(q, k=n_topics, seed=seed)
         confounder = topics
     elif confounder is not None:
@@ -299,6 +374,15 @@ def mediate(
     wanted = ([confounder] if confounder is not None else []) + ([None] if (unadjusted or confounder is None) else [])
     # one pass over the nodes for both estimators
     tables = aie_tables(q, values, y, wanted, options, progress=progress, stacklevel=2)
+    if layer is not None:  # the query must come from below every node it is used for
+        above = np.array([n.layer <= layer for n in nodes])
+        if above.any():
+            why = [f"the query (residual stream entering layer {layer}) is computed from this node's output "
+                   f"(layer {n.layer} <= {layer}); use query='sentence' or embed_layer < {n.layer}" for n in nodes]
+            tables = [mark_unidentified(t, above, why) for t in tables]
+            warnings.warn(f"query='model' at embed_layer={layer}: {int(above.sum())} of {len(nodes)} nodes lie at or "
+                          f"below the query's layer and get no estimate (status 'unidentified'); use "
+                          f"query='sentence' or a lower embed_layer", stacklevel=2)
     adj = tables[0] if confounder is not None else None
     unadj = tables[-1] if (unadjusted or confounder is None) else None
     for name, table in (("adjusted", adj), ("unadjusted", unadj)):
@@ -306,7 +390,8 @@ def mediate(
             warn_if_degenerate(name, table, stacklevel=2)
     tokens = _first_prompt_tokens(adapter.tokenizer if model is not None else None, prompts)
     settings = {"K": K, "gamma": gamma if isinstance(gamma, str) else float(gamma), "seed": seed,
-                "n_topics": n_topics if topics is not None else None, "embed_layer": embed_layer,
+                "n_topics": n_topics if topics is not None else None,
+                "embed_layer": layer, "query": query if isinstance(query, str) else "arrays",
                 **{k: v for k, v in aie_kwargs.items() if isinstance(v, (int, float, str, bool))}}
     return MediationResult(nodes=nodes, adjusted=adj, unadjusted=unadj,
                            topics=None if topics is None else np.asarray(topics).astype(str),

@@ -49,7 +49,7 @@ from ..validation import as_matrix
 from .linalg import (BLOCK_FLOATS, N_ITER, block_rows, fix_signs, pca, randomized_svd, standardize_columns,
                      uses_exact_svd)
 
-__all__ = ["ArrayNodes", "StoreNodes", "node_source", "coords"]
+__all__ = ["ArrayNodes", "StoreNodes", "node_source", "coords", "rescaled", "CONSTANT_SHARE"]
 
 
 def _width(a) -> int:
@@ -57,9 +57,32 @@ def _width(a) -> int:
     return 1 if len(shape) == 1 else int(shape[-1])
 
 
+#: a column whose standard deviation is at most this share of the array's largest |entry| is constant
+CONSTANT_SHARE = 1e-9
+
+
+def rescaled(x: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[..., m, D]`` divided by the power of 2 nearest its largest |entry| (per leading index), with
+    constant columns set to their mean.
+
+    Dividing by a power of 2 is exact, so the coordinates of ``c * x`` equal those of ``x`` for any ``c`` that
+    is one, and agree to rounding for any other ``c``; it keeps sums of squares finite for entries near the
+    float64 limits (``1e+-200``). A column whose standard deviation is at most :data:`CONSTANT_SHARE` of the
+    largest |entry| carries no variation in this precision and is made exactly constant.
+    """
+    top = x.abs().amax((-2, -1), keepdim=True)
+    scale = torch.where(top > 0, torch.exp2(torch.round(torch.log2(top.clamp_min(1e-308)))), torch.ones_like(top))
+    t = x / scale
+    mean = t.mean(-2, keepdim=True)
+    flat = (t - mean).abs().amax(-2, keepdim=True) <= CONSTANT_SHARE * t.abs().amax((-2, -1), keepdim=True)
+    return torch.where(flat, mean.expand_as(t), t)
+
+
 def coords(x: torch.Tensor, d: int, seed: int) -> torch.Tensor:
     """Coordinates of ``x`` ``[..., m, D]``: PCA to ``d`` components when wider than ``d``, else its centred and
-    scaled columns."""
+    scaled columns; computed from :func:`rescaled` ``x``, so scaling ``x`` leaves them unchanged and a constant
+    ``x`` gives zeros."""
+    x = rescaled(x)
     return pca(x, d, seed=seed) if x.shape[-1] > d else standardize_columns(x)
 
 
@@ -151,20 +174,24 @@ class StoreNodes:
     def _randomized_scores(self, nodes, D: int, d: int, seed: int) -> torch.Tensor:
         B, m = len(nodes), self.m
         total = torch.zeros(B, D, dtype=torch.float64)
+        top = torch.zeros(B, 1, 1, dtype=torch.float64)
         for _, X in self._shards(nodes, check=True):
             total += X.sum(1)
-        mean = (total / m).unsqueeze(1)  # [B, 1, D]
+            top = torch.maximum(top, X.abs().amax((1, 2), keepdim=True))
+        # the power of 2 of :func:`rescaled`, so both paths compute on the same numbers
+        scale = torch.where(top > 0, torch.exp2(torch.round(torch.log2(top.clamp_min(1e-308)))), torch.ones_like(top))
+        mean = (total / m).unsqueeze(1) / scale  # [B, 1, D]
 
         def matmul(W):  # t @ W: [B, m, k]
             out = torch.empty(B, m, W.shape[-1], dtype=torch.float64)
             for index, X in self._shards(nodes):
-                out[:, index] = (X - mean) @ W
+                out[:, index] = (X / scale - mean) @ W
             return out
 
         def rmatmul(Y):  # t^T @ Y: [B, D, k]
             acc = torch.zeros(B, D, Y.shape[-1], dtype=torch.float64)
             for index, X in self._shards(nodes):
-                acc += (X - mean).transpose(-1, -2) @ Y[:, index]
+                acc += (X / scale - mean).transpose(-1, -2) @ Y[:, index]
             return acc
 
         U, S, V = randomized_svd(matmul, rmatmul, D, d, seed=seed, n_iter=N_ITER, dtype=torch.float64)

@@ -18,7 +18,9 @@ import torch
 
 from ..errors import InputError, describe
 from ..validation import check_auto_bool, check_choice, check_int, resolve_device
+from .balancer import check_solver_dtype
 from .gamma_rule import GammaRule
+from .reliability import ReliabilityRule
 
 __all__ = ["AIEOptions", "VARIANTS", "ESTIMATORS", "WEIGHTS", "FEATURES"]
 
@@ -33,7 +35,8 @@ class AIEOptions:
     """The estimator's settings: the keyword arguments of :func:`~.aie.aie_many`, with its defaults.
 
     After :meth:`resolved`, ``calibrate`` and ``augment`` are bools, ``tol`` a number, ``gamma_rule`` a
-    :class:`~.gamma_rule.GammaRule` and ``device`` a ``torch.device``.
+    :class:`~.gamma_rule.GammaRule`, ``reliability`` a :class:`~.reliability.ReliabilityRule` and ``device``
+    a ``torch.device``.
     """
 
     K: int = 200
@@ -59,6 +62,7 @@ class AIEOptions:
     gamma_rule: GammaRule | None = None
     device: object = None
     augment: object = "auto"
+    reliability: ReliabilityRule | None = None
 
     @classmethod
     def from_arguments(cls, arguments: dict) -> "AIEOptions":
@@ -93,10 +97,18 @@ class AIEOptions:
         if not (0 < self.ci < 1):
             raise InputError(f"ci must be in (0, 1); received {describe(self.ci)}")
         check_int("n_boot", self.n_boot, minimum=0, expected="an int >= 0")
+        check_int("seed", self.seed, minimum=0, expected="an int >= 0")
+        check_int("K", self.K, minimum=1, expected="a positive int")
+        check_solver_dtype("dtype", self.dtype)
+        if self.reliability is not None and not isinstance(self.reliability, ReliabilityRule):
+            raise InputError(f"reliability must be None or a ReliabilityRule; received {describe(self.reliability)}")
+        if self.gamma_rule is not None and not isinstance(self.gamma_rule, GammaRule):
+            raise InputError(f"gamma_rule must be None or a GammaRule; received {describe(self.gamma_rule)}")
         check_int("chunk_size", self.chunk_size, minimum=1, expected="a positive int")
         for name in ("d_q", "d_n"):
             check_int(name, getattr(self, name), minimum=1, expected="a positive int")
         return dataclasses.replace(
             self, calibrate=hajek if self.calibrate == "auto" else self.calibrate,
             augment=hajek if self.augment == "auto" else self.augment, tol=1e-4 if self.tol is None else self.tol,
-            gamma_rule=self.gamma_rule or GammaRule(), device=resolve_device(self.device))
+            gamma_rule=self.gamma_rule or GammaRule(), device=resolve_device(self.device),
+            reliability=self.reliability or ReliabilityRule())

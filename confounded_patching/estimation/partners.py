@@ -229,7 +229,7 @@ def calibrate(logW: torch.Tensor, pi: torch.Tensor, H: torch.Tensor) -> torch.Te
     G = H - target
     # floor: log-weights spread by more than ~745 would underflow to exact zeros, which EB rejects
     base = torch.exp(logW - logW.amax(1, keepdim=True)).clamp_min(1e-300)
-    eb = EntropyBalancer(0.0, tol=1e-8, max_iter=100, dtype=torch.float64).fit(G, base_weights=base)
+    eb = EntropyBalancer(0.0, tol=1e-8, max_iter=100, dtype=torch.float64, warn=False).fit(G, base_weights=base)
     ok = torch.tensor([s == "converged" for s in eb.status_])
     tilted = torch.log(eb.weights_.clamp_min(1e-300))
     return torch.where(ok[:, None], tilted, logW)

@@ -133,7 +133,8 @@ def fit_eb(q, z, gamma, *, squares=True, gamma_marginal=0.0, tol=1e-6, max_iter=
     lay = feature_layout(dq, dz, squares=squares)
     gam = torch.full((B, lay["qz"].stop), float(gamma_marginal), dtype=q.dtype, device=q.device)
     gam[:, lay["qz"]] = per_z[:, None, :].expand(B, dq, dz).reshape(B, dq * dz)
-    eb = EntropyBalancer(gam, tol=tol, max_iter=max_iter, dtype=q.dtype, device=q.device if device is None else device)
+    eb = EntropyBalancer(gam, tol=tol, max_iter=max_iter, dtype=q.dtype, device=q.device if device is None else device,
+                         warn=False)
     eb.fit_factored(q, z, squares=squares, standardize=False, lambda_init=lambda_init)
     return _from_lambda(q, z, eb.lambda_, squares, eb, per_z[:, 0] if gamma.ndim == 2 else gamma)
 
