@@ -263,3 +263,161 @@ def test_aie_and_aie_many_take_the_settings_of_aie_options():
     one = {k: p.default for k, p in inspect.signature(aie).parameters.items() if p.kind == p.KEYWORD_ONLY}
     assert many == fields
     assert one == {k: (torch.float64 if k == "dtype" else v) for k, v in fields.items() if k != "chunk_size"}
+
+
+# ----------------------------------------------------------------------------- reliability and identifiability
+
+
+def test_reliable_on_a_well_overlapped_design_with_an_empty_reason(sem, sem_table):
+    assert sem_table.query_corr[0] < 0.6  # the causal node leaves overlap: its value is not a function of q
+    assert sem_table.reliable.tolist() == [True, True] and sem_table.reason == ["", ""]
+    assert sem_table[0].reliable and sem_table[0].reason == ""
+    df = sem_table.to_dataframe()
+    assert df["reliable"].tolist() == [True, True] and df["reliable"].dtype == bool
+
+
+def test_unreliable_when_the_balance_is_infeasible():
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(600, 2))
+    node = np.c_[q[:, 0] + 1e-2 * rng.normal(size=600), rng.normal(size=600)]
+    y = q[:, 0] * node[:, 0] + rng.normal(size=600)
+    r = aie(q, node, y, None, gamma=0.0, d_q=2, d_n=2, K=50, n_boot=10)
+    assert r.status == "infeasible" and not r.reliable
+    assert r.reason.startswith("infeasible balance")
+
+
+def test_unreliable_when_the_node_is_nearly_a_function_of_the_query():
+    rng = np.random.default_rng(1)
+    q = rng.normal(size=(800, 3))
+    node = q @ rng.normal(size=(3, 3)) + 0.1 * rng.normal(size=(800, 3))  # noise 0.1: no overlap to speak of
+    y = (q * node).sum(1) + rng.normal(size=800)
+    r = quiet(aie, q, node, y, None, d_q=3, d_n=3, K=50, n_boot=10)
+    assert 0.9 < r.query_corr < 1 - 1e-6 and np.isfinite(r.value)  # a number, but one not to trust
+    assert not r.reliable and "node nearly determined by the query (canonical correlation" in r.reason
+
+
+def test_unreliable_when_the_topics_barely_overlap_in_query_space():
+    rng = np.random.default_rng(2)
+    t = rng.integers(0, 3, 1500)
+    q = rng.normal(size=(1500, 2)) + 4.0 * np.eye(3, 2)[t]  # topics 4 sd apart
+    node = q @ np.array([[0.3, 0.0], [0.0, 0.3]]) + rng.normal(size=(1500, 2))
+    y = (q * node).sum(1) + rng.normal(size=1500)
+    r = quiet(aie, q, node, y, t, d_q=2, d_n=2, K=50, n_boot=10)
+    if np.isfinite(r.value):
+        assert r.ess_x < 0.1 * r.n
+    assert not r.reliable and "topic" in r.reason
+
+
+@pytest.fixture(scope="module")
+def hostile():
+    """The hostile-input sweep's planted problem (m = 200, d = 3: balancing only)."""
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, 3, 200)
+    q = rng.normal(size=(200, 4)) + t[:, None] * .5
+    n = rng.normal(size=(200, 4)) + .3 * q
+    y = n[:, 0] * q[:, 0] + t + .1 * rng.normal(size=200)
+    return q, n, y, t, dict(K=20, n_boot=20, d_q=3, d_n=3)
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("node is the query", "the node is a linear function of the query"),
+    ("node is an affine map of the query", "the node is a linear function of the query"),
+    ("constant node", "the node is constant"),
+    ("constant query", "the query is constant"),
+])
+def test_unidentified_nodes_get_nan_status_and_the_reason(hostile, case, reason):
+    q, n, y, t, kw = hostile
+    args = {"node is the query": (q, q.copy()), "node is an affine map of the query": (q, 3 * q[:, ::-1] - 7),
+            "constant node": (q, np.ones((200, 4))), "constant query": (np.ones((200, 4)), n)}[case]
+    with pytest.warns(UserWarning, match="not identified by the data"):
+        r = aie(args[0], args[1], y, t, **kw)
+    assert np.isnan(r.value) and np.isnan(r.ci_low) and np.isnan(r.ci_high) and np.isnan(r.se)
+    assert r.status == "unidentified" and not r.reliable and r.reason.startswith(reason)
+
+
+@pytest.mark.parametrize("factor", [1e30, 1e-30])
+def test_scaling_the_query_or_the_node_leaves_the_estimate_unchanged(hostile, factor):
+    q, n, y, t, kw = hostile
+    base = aie(q, n, y, t, **kw)
+    assert np.isfinite(base.value) and base.status == "converged"
+    for qs, ns in ((q * factor, n), (q, n * factor), (q * factor, n * factor)):
+        r = aie(qs, ns, y, t, **kw)
+        assert r.value == pytest.approx(base.value, rel=1e-8)
+        assert (r.ci_low, r.ci_high) == pytest.approx((base.ci_low, base.ci_high), rel=1e-8)
+        assert r.status == base.status and r.reliable == base.reliable
+
+
+@pytest.mark.parametrize("qf, nf", [(1e160, 1e160), (1e200, 1e200), (1e-200, 1.0), (1.0, 1e-160)])
+def test_inputs_near_the_float64_limits_give_the_estimate_of_the_unscaled_data(hostile, qf, nf):
+    """Formerly 0 with interval (0, 0) and status 'converged'; now the inputs are rescaled first."""
+    q, n, y, t, kw = hostile
+    base = aie(q, n, y, t, **kw)
+    r = aie(q * qf, n * nf, y, t, **kw)
+    assert r.value == pytest.approx(base.value, rel=1e-8) and r.ci_low < r.ci_high
+    assert r.status == "converged"
+
+
+def test_half_precision_inputs_are_computed_in_float64_and_a_half_precision_solver_is_refused(hostile):
+    q, n, y, t, kw = hostile
+    q16, n16 = q.astype(np.float16), n.astype(np.float16)
+    ref = aie(q16.astype(np.float64), n16.astype(np.float64), y, t, **kw)
+    for qq, nn in ((q16, n16), (torch.from_numpy(q16), torch.from_numpy(n16)),
+                   (torch.from_numpy(q).bfloat16(), torch.from_numpy(n).bfloat16())):
+        r = aie(qq, nn, y, t, **kw)
+        assert np.isfinite(r.value) and r.status == "converged"
+        if qq.dtype in (np.float16, torch.float16):
+            assert r.value == pytest.approx(ref.value, rel=1e-10)
+    for dt in (torch.float16, torch.bfloat16):
+        with pytest.raises(InputError, match=rf"dtype must be torch.float32 or torch.float64; received {dt}: half "
+                                             r"precision keeps about 3 significant digits"):
+            aie(q, n, y, t, dtype=dt, **kw)
+
+
+def test_seed_that_is_not_an_int_is_a_clear_error(hostile):
+    q, n, y, t, kw = hostile
+    with pytest.raises(InputError, match=r"seed must be an int >= 0; received '0'"):
+        aie(q, n, y, t, seed="0", **kw)
+    with pytest.raises(InputError, match=r"seed must be an int >= 0; received True"):
+        aie(q, n, y, t, seed=True, **kw)
+
+
+def test_a_topic_of_a_single_prompt_is_warned_about(hostile):
+    q, n, y, t, kw = hostile
+    t = t.copy()
+    t[7] = 9  # topic 9 has one prompt
+    with pytest.warns(UserWarning, match=r"1 topic\(s\) have fewer than 5 prompts \('9': 1\)"):
+        aie(q, n, y, t, **kw)
+
+
+def test_weights_stopped_at_the_iteration_cap_warn_and_are_unreliable(sem):
+    with pytest.warns(UserWarning, match=r"stopped at the iteration cap \(status 'max_iter'\)"):
+        r = aie(sem.query, sem.nodes[0], sem.outcome, sem.topics, max_iter=1, **dict(FAST, n_boot=0))
+    assert r.status == "max_iter" or r.status_x == "max_iter"
+    assert not r.reliable and "not converged (max_iter)" in r.reason
+
+
+def test_the_outcome_model_is_fitted_only_with_ten_prompts_per_column():
+    from confounded_patching.estimation.aie import AUGMENT_PROMPTS_PER_COLUMN, outcome_columns
+
+    sim = S.gaussian_sem(m=600, d_q=5, d_n=5, strength=0.5, confounding=0.5, seed=106)
+    p = outcome_columns(5, 5, 2)
+    assert AUGMENT_PROMPTS_PER_COLUMN * p == 570 < 600
+    kw = dict(d_q=5, d_n=5, K=30, n_boot=0)
+    assert aie(sim.query, sim.nodes[0], sim.outcome, sim.topics, **kw).augmented
+    few = aie(sim.query[:500], sim.nodes[0][:500], sim.outcome[:500], sim.topics[:500], **kw)
+    assert not few.augmented  # 500 < 570
+    assert aie(sim.query[:500], sim.nodes[0][:500], sim.outcome[:500], sim.topics[:500], augment=True,
+               **kw).augmented
+
+
+def test_the_plain_reference_at_exact_balance_equals_the_engines_ht_estimator(sem):
+    """Two implementations of Eq. (2) HT: at gamma = 0 the column scaling of the features does not matter."""
+    from confounded_patching.estimation.reference import reference_aie
+
+    kw = dict(K=50, n_boot=0, seed=3)
+    ref = reference_aie(sem.query, sem.nodes, sem.outcome, sem.topics, gamma=0.0, winsorize=0.0, d_q=2, d_n=2, **kw)
+    eng = aie_many(sem.query, sem.nodes, sem.outcome, sem.topics, gamma=0.0, gamma_x=0.0, estimator="ht", d_q=2,
+                   d_n=2, dtype=torch.float64, **kw)
+    assert ref["status"] == eng.status == ["converged", "converged"]
+    np.testing.assert_allclose(ref["value"], eng.value, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ref["query_corr"], eng.query_corr, atol=1e-10)

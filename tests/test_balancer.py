@@ -265,3 +265,48 @@ def test_cuda_solve_is_rechecked_in_float64_and_matches_the_cpu():
     assert gpu.verified_ and gpu.weights_.device.type == "cpu" and gpu.weights_.dtype == torch.float64
     assert gpu.status_ == cpu.status_ == ["converged"] * 3
     np.testing.assert_allclose(gpu.weights_.numpy(), cpu.weights_.numpy(), rtol=1e-3)
+
+
+def test_stopping_at_max_iter_warns_and_warn_false_silences_it():
+    import warnings
+
+    from confounded_patching.estimation.balancer import ConvergenceWarning
+
+    rng = np.random.default_rng(3)
+    G = rng.normal(size=(300, 6)) + 0.5
+    with pytest.warns(ConvergenceWarning, match=r"EntropyBalancer: stopped at max_iter = 2 iterations without meeting "
+                                                r"tol = 1e-12 \(KKT residual .*\); the weights do not balance"):
+        eb = EntropyBalancer(0.0, max_iter=2, tol=1e-12).fit(G)
+    assert eb.status_ == "max_iter"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EntropyBalancer(0.0, max_iter=2, tol=1e-12, warn=False).fit(G)
+        EntropyBalancer(0.0).fit(G)  # converged: no warning
+    with pytest.warns(ConvergenceWarning, match=r"2 of 2 problems stopped at max_iter"):
+        EntropyBalancer(0.0, max_iter=2, tol=1e-12).fit(np.stack([G, G[::-1]]))
+
+
+def test_features_near_the_float64_limits_do_not_fail_silently():
+    """``G * 1e30`` cannot be balanced to an absolute tol of 1e-8: the status says so and a warning is issued."""
+    from confounded_patching.estimation.balancer import ConvergenceWarning
+
+    rng = np.random.default_rng(4)
+    G = rng.normal(size=(200, 4)) + 0.3
+    with pytest.warns(ConvergenceWarning):
+        eb = EntropyBalancer(0.0).fit(G * 1e30)
+    assert eb.status_ in ("max_iter", "infeasible") or eb.imbalance_ <= 1e-8
+
+
+def test_half_precision_features_are_solved_in_float64_and_a_half_solver_is_refused():
+    rng = np.random.default_rng(5)
+    G = (rng.normal(size=(300, 5)) + 0.4).astype(np.float16)
+    eb16 = EntropyBalancer(0.0).fit(G)
+    eb64 = EntropyBalancer(0.0).fit(G.astype(np.float64))
+    assert eb16.status_ == "converged" and eb16.weights_.dtype == np.float64
+    np.testing.assert_array_equal(eb16.weights_, eb64.weights_)
+    ebt = EntropyBalancer(0.0).fit(torch.from_numpy(G).to(torch.bfloat16))
+    assert ebt.status_ == "converged" and ebt.weights_.dtype == torch.float64
+    for dt in (torch.float16, torch.bfloat16):
+        with pytest.raises(InputError, match=rf"dtype must be torch.float32 or torch.float64; received {dt}: half "
+                                             r"precision keeps about 3 significant digits.*no CPU Cholesky"):
+            EntropyBalancer(0.0, dtype=dt).fit(G)

@@ -478,7 +478,7 @@ def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions, query_con
     lo, hi, se = (np.where(nan_rows, np.nan, a) for a in (lo, hi, se))
     gx, ess_x, imb_x, status_x = st.diag_x
     reliable, reason = assess(status, cat["query_corr"], cat["pair_ess"], ess_x, m, st.adjusted, opts.reliability,
-                              prior=why)
+                              prior=why, status_x=status_x)
     reliable &= np.isfinite(value)
     reason = [r or ("no estimate" if not ok else "") for r, ok in zip(reason, reliable)]
     return AIETable(

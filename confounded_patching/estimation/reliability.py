@@ -83,7 +83,8 @@ def unidentified(query_constant: bool, constant: np.ndarray, query_corr: np.ndar
 
 
 def assess(status, query_corr, pair_ess, ess_x: float, n: int, adjusted: bool,
-           rule: ReliabilityRule | None = None, prior: list | None = None) -> tuple[np.ndarray, list]:
+           rule: ReliabilityRule | None = None, prior: list | None = None,
+           status_x: str = "converged") -> tuple[np.ndarray, list]:
     """The ``reliable`` flag and its reason per node (``reason`` is ``""`` for reliable nodes).
 
     ``prior``: reasons already known (e.g. :func:`unidentified`), kept first.
@@ -106,6 +107,8 @@ def assess(status, query_corr, pair_ess, ess_x: float, n: int, adjusted: bool,
         pe = float(pair_ess[i])
         if st != "infeasible" and math.isfinite(pe) and pe < rule.min_pair_ess:
             reasons[i].append(f"pair weights concentrated (ESS {pe:.1e} of n*K < {rule.min_pair_ess:g})")
+        if adjusted and status_x not in ("converged", "none"):
+            reasons[i].append(f"topic model not converged ({status_x})")
         if adjusted and math.isfinite(ess_x) and ess_x < rule.min_ess_x * n:
             reasons[i].append(f"topics barely overlap in query space (topic-model ESS {ess_x:.0f} of {n})")
     reliable = np.array([not r for r in reasons], dtype=bool)
