@@ -29,6 +29,7 @@ NEEDS = {
     "02_nnsight_causal_mediation.ipynb": ("smollm2",),
     "03_why_deconfounding.ipynb": (),
     "04_transformer_lens.ipynb": ("smollm2", "transformer_lens"),
+    "05_paper_setting.ipynb": ("smollm2",),
 }
 CELL_TIMEOUT = 600  # seconds per cell; the slowest cell (loading SmolLM2) takes ~20-40 s
 
