@@ -40,8 +40,10 @@ from typing import Callable, Sequence
 import torch
 
 from .errors import InputError, describe
+from .validation import check_finite_outcome, is_int
 
 __all__ = ["Metric", "logit_diff", "prob_diff", "logit", "kl_to_clean", "full_logits", "as_metric", "resolve_token",
+           "check_ids",
            "logits_request", "for_rows", "evaluate", "RowMetric", "answer_logit_diff", "LexiconMetric",
            "lexicon_logprob"]
 
@@ -49,11 +51,17 @@ TokenLike = "str | int"
 
 
 def resolve_token(token, tokenizer) -> int:
-    """Id of a single token given as an int or a string that encodes to exactly one token."""
-    if isinstance(token, bool):
-        raise InputError(f"token must be a str or an int id; received {token!r}")
-    if isinstance(token, int):
-        return token
+    """Id of a single token given as an int id (>= 0) or a string that encodes to exactly one known token.
+
+    A string the tokenizer does not know (it encodes to the unknown token, ``<unk>``) is refused: the
+    metric would silently read the logit of ``<unk>``. Negative ids are refused too (they are not counted
+    from the end of the vocabulary).
+    """
+    if is_int(token):
+        if token < 0:
+            raise InputError(f"token id must be >= 0 (negative ids are not counted from the end of the "
+                             f"vocabulary); received {int(token)}")
+        return int(token)
     if not isinstance(token, str):
         raise InputError(f"token must be a str or an int id; received {describe(token)}")
     if tokenizer is None:
@@ -63,7 +71,28 @@ def resolve_token(token, tokenizer) -> int:
         raise InputError(
             f"token {token!r} must encode to exactly one token; the tokenizer gives {len(ids)} ids {ids}"
         )
+    if _is_unknown(int(ids[0]), token, tokenizer):
+        raise InputError(f"token {token!r} is not in the tokenizer's vocabulary: it encodes to the unknown token "
+                         f"{tokenizer.unk_token!r} (id {ids[0]}); give a word the tokenizer knows, or its id")
     return int(ids[0])
+
+
+def _is_unknown(token_id: int, text: str, tokenizer) -> bool:
+    """Whether ``text`` encoded to the tokenizer's unknown token without spelling it."""
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    unk = getattr(tokenizer, "unk_token", None)
+    return unk_id is not None and token_id == unk_id and (not unk or str(unk) not in text)
+
+
+def check_ids(metric: "Metric", vocab_size: int | None, *, argument: str = "metric") -> None:
+    """Raise if a bound metric reads a token id outside a vocabulary of ``vocab_size`` ids (None: no check)."""
+    ids = metric.ids if metric.ids is not None else tuple(t for t in metric.tokens if is_int(t))
+    if vocab_size is None or not ids:
+        return
+    bad = [int(t) for t in ids if not 0 <= t < vocab_size]
+    if bad:
+        raise InputError(f"{argument} {metric.name!r} reads token id {bad[0]}, outside the model's vocabulary of "
+                         f"{vocab_size} ids (valid: 0..{vocab_size - 1})")
 
 
 @dataclass(frozen=True)
@@ -99,11 +128,20 @@ class Metric:
             ids = self.tokens
         if self.needs_clean and clean_logits is None:
             raise InputError(f"metric {self.name!r} needs clean_logits")
+        if ids and max(ids) >= logits.shape[-1]:
+            check_ids(replace(self, ids=tuple(ids)), logits.shape[-1])
         return self.fn(logits, ids, clean_logits)
+
+
+def _distinct(name: str, a, b) -> None:
+    if type(a) is type(b) and a == b:
+        raise InputError(f"{name}({a!r}, {b!r}) compares a token with itself: it is 0 for every prompt; give two "
+                         "different tokens")
 
 
 def logit_diff(a, b) -> Metric:
     """``logit[a] − logit[b]`` at the last position (the field's default metric)."""
+    _distinct("logit_diff", a, b)
     return Metric(f"logit_diff({a!r}, {b!r})", lambda lg, ids, _: lg[:, ids[0]] - lg[:, ids[1]], (a, b))
 
 
@@ -114,6 +152,8 @@ def logit(a) -> Metric:
 
 def prob_diff(a, b) -> Metric:
     """``p(a) − p(b)`` under the softmax of the last-position logits."""
+
+    _distinct("prob_diff", a, b)
 
     def fn(lg, ids, _):
         p = torch.softmax(lg.float(), dim=-1)
@@ -153,10 +193,16 @@ def kl_to_clean() -> Metric:
     return Metric("kl_to_clean", fn, (), needs_clean=True)
 
 
-def as_metric(metric, tokenizer=None, *, argument: str = "metric") -> Metric:
-    """Normalise a user metric (a :class:`Metric` or a plain callable) and bind it."""
+def as_metric(metric, tokenizer=None, *, argument: str = "metric", vocab_size: int | None = None) -> Metric:
+    """Normalise a user metric (a :class:`Metric` or a plain callable) and bind it.
+
+    ``vocab_size``: the model's vocabulary; a metric reading an id outside it is refused here, before
+    any forward pass.
+    """
     if isinstance(metric, Metric):
-        return metric.bind(tokenizer) if metric.tokens and metric.ids is None else metric
+        bound = metric.bind(tokenizer) if metric.tokens and metric.ids is None else metric
+        check_ids(bound, vocab_size, argument=argument)
+        return bound
     if callable(metric):
         name = getattr(metric, "__name__", type(metric).__name__)
         return Metric(name, lambda lg, ids, clean: metric(lg))
@@ -177,13 +223,23 @@ def evaluate(metric: Metric, logits: torch.Tensor, clean_logits=None, *, argumen
         metric = for_rows(metric, rows)
     out = metric.fn(logits, mask) if getattr(metric, "full", False) else metric(logits, clean_logits)
     if not isinstance(out, torch.Tensor):
-        out = torch.as_tensor(out)
+        try:
+            out = torch.as_tensor(out)
+        except (TypeError, ValueError, RuntimeError):
+            raise InputError(f"{argument} {metric.name!r} must return a tensor of shape [batch] = [{logits.shape[0]}]; "
+                             f"received {describe(out)}") from None
     if out.shape != (logits.shape[0],):
         raise InputError(
             f"{argument} must return a tensor of shape [batch] = [{logits.shape[0]}] for logits of shape "
             f"{tuple(logits.shape)}; received {describe(out)}"
         )
+    if out.dtype.is_complex or not (out.dtype.is_floating_point or out.dtype in _REAL_INTS):
+        raise InputError(f"{argument} {metric.name!r} must return real numbers; received {describe(out)}")
+    check_finite_outcome(out, metric.name, rows=rows, argument=argument)
     return out.float()
+
+
+_REAL_INTS = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 # ----------------------------------------------------------------------------- per-prompt and lexicon metrics
@@ -269,8 +325,9 @@ class LexiconMetric(Metric):
     """``log Σ_w p(w)`` over the words of a lexicon that are single tokens.
 
     Unlike :class:`Metric`, binding keeps the words that encode to exactly one
-    token under the tokenizer and drops the others (a word split into pieces
-    has no single next-token probability); it fails only if none is left.
+    known token under the tokenizer and drops the others (a word split into
+    pieces has no single next-token probability; a word the tokenizer does
+    not know would read its unknown token); it fails only if none is left.
     """
 
     def bind(self, tokenizer) -> "LexiconMetric":
@@ -282,7 +339,7 @@ class LexiconMetric(Metric):
                 ids.append(token)
                 continue
             encoded = tokenizer.encode(token, add_special_tokens=False)
-            if len(encoded) == 1:
+            if len(encoded) == 1 and not _is_unknown(int(encoded[0]), token, tokenizer):
                 ids.append(int(encoded[0]))
         if not ids:
             raise InputError(

@@ -24,8 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence, Union
 
-from .errors import InputError
-from .validation import check_int
+from .errors import InputError, describe
+from .validation import check_int, is_int
 
 __all__ = ["MLP", "Head", "Resid", "Node", "nodes", "node_from_dict", "is_node", "sort_key", "KINDS", "SITE_ORDER",
            "NODE_TYPES"]
@@ -128,6 +128,21 @@ def sort_key(node: Node) -> tuple:
     return (node.layer, SITE_ORDER[node.kind], getattr(node, "head", 0), -10**9 if node.pos is None else node.pos)
 
 
+def _int_sequence(name: str, value, *, allow_none: bool = False) -> list:
+    """``value`` (an int, None where allowed, or a sequence of them) as a list of ints; numpy ints become ints."""
+    if value is None and allow_none or is_int(value):
+        value = (value,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise InputError(f"{name} must be an int or a sequence of ints; received {describe(value)}")
+    out = []
+    for v in value:
+        if not (is_int(v) or (v is None and allow_none)):
+            what = "ints or None" if allow_none else "ints"
+            raise InputError(f"{name} must hold {what}; received {describe(v)}")
+        out.append(None if v is None else int(v))
+    return out
+
+
 def nodes(
     model=None,
     kinds: Iterable[str] = KINDS,
@@ -158,27 +173,28 @@ def nodes(
     """
     if isinstance(kinds, str):
         kinds = (kinds,)
+    if not isinstance(kinds, Iterable):
+        raise InputError(f"kinds must be a non-empty subset of {KINDS}; received {describe(kinds)}")
     kinds = tuple(kinds)
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if not isinstance(k, str) or k not in KINDS]
     if bad or not kinds:
         raise InputError(f"kinds must be a non-empty subset of {KINDS}; received {kinds!r}")
-    if isinstance(positions, int) or positions is None:
-        positions = (positions,)
-    positions = tuple(positions)
+    positions = _int_sequence("positions", positions, allow_none=True)
     if not positions:
         raise InputError("positions must name at least one position; received an empty sequence")
-    for p in positions:
-        check_int("positions[i]", p, allow_none=True, numpy=False)
     if model is not None:
         from .models import adapt  # here, not at the top: `import confounded_patching` must not load torch
 
         spec = adapt(model).spec
         n_layers, n_heads = spec.n_layers, spec.n_heads
+    else:
+        check_int("n_layers", n_layers, minimum=1, allow_none=True, expected="a positive int (or a model)")
+        check_int("n_heads", n_heads, minimum=1, allow_none=True, expected="a positive int (or a model)")
     if n_layers is None or ("head" in kinds and n_heads is None):
         raise InputError("nodes() needs a model, or n_layers (and n_heads for heads)")
-    layer_list = list(range(n_layers)) if layers is None else list(layers)
+    layer_list = list(range(n_layers)) if layers is None else _int_sequence("layers", layers)
     for layer in layer_list:
-        if not (isinstance(layer, int) and 0 <= layer < n_layers):
+        if not 0 <= layer < n_layers:
             raise InputError(f"layers must be ints in [0, {n_layers}); received {layer!r}")
     out: list[Node] = []
     for layer in layer_list:

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -34,11 +35,11 @@ import numpy as np
 import torch
 
 from . import datasets, metrics
-from .errors import ModelFileNotFound
+from .errors import ModelFileNotFound, Terminated, sigterm_as_interrupt
 from .estimation.mediate import mediate
 from .interventions.patching import patch
 from .interventions.resample import resample
-from .models import smollm2
+from .models import adapt, smollm2
 from .nodes import nodes as all_nodes
 from .nodes import sort_key
 from .report import write_report
@@ -192,6 +193,21 @@ def select_nodes(model, options: Options) -> list:
     return sorted(set(out), key=sort_key)
 
 
+def _check_context(data, model, tok, options: Options) -> None:
+    """Every prompt (and clean/corrupt prompt) must fit the model's context: checked before any step runs."""
+    spec = adapt(model, tok).spec
+    if spec.context is None:
+        return
+    for field in ("prompts", "clean", "corrupt"):
+        for text in getattr(data, field, None) or ():
+            n = len(tok(text)["input_ids"])
+            if n > spec.context:
+                shown = text if len(text) <= 60 else text[:57] + "..."
+                raise UsageError(f"--dataset {options.dataset}: a prompt has {n} tokens, but the model's context "
+                                 f"holds {spec.context} positions ({spec.context_key}): {shown!r}; shorten it or "
+                                 "leave it out")
+
+
 def _check_lengths(data, tok, options: Options) -> None:
     """Every prompt must have the positions the nodes ask for."""
     used = [p for p, kinds in ((options.positions, ("mlp", "head")), (options.resid_positions, ("resid",)))
@@ -216,6 +232,7 @@ def run_steps(options: Options, folder: Path, log: Log) -> dict:
     data = load_dataset(options.dataset, tok, options.n_prompts, options.seed)
     nodes = select_nodes(model, options)
     _check_lengths(data, tok, options)
+    _check_context(data, model, tok, options)
     metric = data.metric  # a per-row metric (capitals, ioi) follows the rows through subset/take
     own_metric = options.answer is not None
     if own_metric:
@@ -332,12 +349,43 @@ def _commit(tmp: Path, out: Path) -> list:
     return moved
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists but belongs to someone else
+        return True
+    return True
+
+
+def _remove_stale_partials(out: Path, log: Log) -> None:
+    """Remove the temporary folders of earlier runs into ``out`` whose process is gone (killed with SIGKILL).
+
+    Each run's folder is ``.OUT.partial-PID-XXXX``; one whose PID is still running is another run's and is
+    left alone, as is one without a PID (an older version's), which is only reported.
+    """
+    for path in sorted(out.parent.glob(f".{out.name}.partial-*")):
+        match = re.fullmatch(rf"\.{re.escape(out.name)}\.partial-(\d+)-\w+", path.name)
+        if not path.is_dir():
+            continue
+        if match is None:
+            log(f"note: {path} looks like the temporary folder of an interrupted run; remove it if no run is "
+                "writing there")
+        elif not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            log(f"removed {path.name}, the temporary folder of an earlier run that was killed")
+
+
 def run(options: Options, out, log: Log | None = None) -> list:
     """Run ``options``' steps and write their files into the folder ``out``; returns the files written.
 
     The files are written into a temporary folder next to ``out`` and moved into ``out`` (created if
     missing; files of the same names are replaced) once everything succeeded: on an error nothing in
-    ``out`` changes.
+    ``out`` changes. Ctrl-C (``KeyboardInterrupt``) and SIGTERM remove the temporary folder too: SIGTERM
+    is handled like Ctrl-C, then, unless the caller installed its own SIGTERM handler, delivered again so
+    that the process ends as ``kill`` asked (exit status 143). Temporary folders that killed runs
+    (SIGKILL) left next to ``out`` are removed on the next run.
     """
     log = Log(options.quiet) if log is None else log
     given = str(out)
@@ -345,14 +393,21 @@ def run(options: Options, out, log: Log | None = None) -> list:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {given}: exists and is not a folder")
     tmp = None
-    try:
+    with sigterm_as_interrupt() as handled:
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        except OSError as err:
-            raise UsageError(f"--out {given}: cannot write there ({err.strerror or err})") from None
-        run_steps(options, tmp, log)
-        return _commit(tmp, out)
-    finally:
-        if tmp is not None and tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                _remove_stale_partials(out, log)
+                tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+            except OSError as err:
+                raise UsageError(f"--out {given}: cannot write there ({err.strerror or err})") from None
+            run_steps(options, tmp, log)
+            return _commit(tmp, out)
+        except Terminated:
+            if not handled:
+                raise
+        finally:
+            if tmp is not None and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # the default action again: the process ends as SIGTERM asked
+    raise Terminated("terminated by SIGTERM")  # pragma: no cover - not reached

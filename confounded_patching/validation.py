@@ -25,8 +25,9 @@ from .errors import InputError, describe
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["is_int", "check_int", "check_choice", "check_auto_bool", "as_float_tensor", "as_matrix",
-           "beyond_prompt", "fits", "check_positions", "resolve_device"]
+__all__ = ["is_int", "check_int", "check_bool", "check_choice", "check_auto_bool", "as_float_tensor", "as_matrix",
+           "beyond_prompt", "fits", "check_positions", "check_token_ids", "check_batch_fits", "unknown_token_warning",
+           "check_finite_outcome", "resolve_device"]
 
 
 def is_int(value, *, numpy: bool = True) -> bool:
@@ -53,6 +54,16 @@ def check_int(name: str, value, *, minimum: int | None = None, allow_none: bool 
         if expected:
             raise InputError(f"{name} must be {expected}; received {describe(value)}")
         raise InputError(f"{name} must be >= {minimum}; received {value}")
+
+
+def check_bool(name: str, value) -> bool:
+    """Return ``value`` as a bool if it is ``True`` or ``False`` (a numpy bool too); raise otherwise.
+
+    Ints are refused: ``progress=0`` or a misplaced positional argument would otherwise pass as a flag.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise InputError(f"{name} must be True or False; received {describe(value)}")
 
 
 def _show(choices) -> str:
@@ -154,6 +165,105 @@ def check_positions(id_lists, nodes, *, argument: str = "prompts") -> None:
         for i, length in enumerate(lengths):
             if not fits(pos, length):
                 raise InputError(f"{argument}: {beyond_prompt(pos, i, length)}") from None
+
+
+def _context_advice(key: str | None) -> str:
+    if key is None:
+        return "shorten the prompt"
+    if key.endswith("max_position_embeddings"):
+        return (f"shorten the prompt ({key}; models with rotary positions run past it without an error, but on "
+                "positions they were never trained on)")
+    return f"shorten the prompt ({key})"
+
+
+def check_token_ids(id_lists, spec, *, argument: str = "prompts") -> None:
+    """Raise before any forward pass if a prompt holds an id outside the model's vocabulary or is too long.
+
+    ``spec`` is the model's :class:`~.models.architectures.ModelSpec`: its ``vocab_size`` (rows of the input
+    embedding) and ``context`` (positions the model has, from ``config.n_positions``,
+    ``config.max_position_embeddings`` or TransformerLens' ``cfg.n_ctx``); either may be None (not checked).
+    Messages name the prompt::
+
+        prompts[3] has 100 tokens, but the model's context holds 64 positions; shorten the prompt (config.n_positions)
+        prompts[0] holds token id 5000 at position 0, outside the model's vocabulary of 100 ids (valid: 0..99)
+    """
+    vocab = getattr(spec, "vocab_size", None)
+    context = getattr(spec, "context", None)
+    key = getattr(spec, "context_key", None)
+    for i, ids in enumerate(id_lists):
+        if context is not None and len(ids) > context:
+            raise InputError(f"{argument}[{i}] has {len(ids)} tokens, but the model's context holds {context} "
+                             f"positions; {_context_advice(key)}")
+        if vocab is not None and ids and (min(ids) < 0 or max(ids) >= vocab):
+            pos, bad = next((p, t) for p, t in enumerate(ids) if not 0 <= t < vocab)
+            raise InputError(f"{argument}[{i}] holds token id {bad} at position {pos}, outside the model's "
+                             f"vocabulary of {vocab} ids (valid: 0..{vocab - 1})")
+
+
+def check_batch_fits(batch, spec, *, argument: str = "prompts") -> None:
+    """:func:`check_token_ids` for a padded batch about to run (the last check before a forward pass).
+
+    Entry points check their prompts before any forward pass with :func:`check_token_ids`, naming the
+    prompt; this guards the forward passes of every other caller, naming the batch row.
+    """
+    vocab = getattr(spec, "vocab_size", None)
+    context = getattr(spec, "context", None)
+    ids = batch.input_ids
+    if ids.numel() == 0:
+        return
+    if context is not None and ids.shape[1] > context:
+        lengths = batch.lengths
+        longest = int(lengths.max())
+        if longest > context:
+            row = int(lengths.argmax())
+            raise InputError(f"{argument}: a batch holds a prompt of {longest} tokens (row {row}), but the model's "
+                             f"context holds {context} positions; {_context_advice(getattr(spec, 'context_key', None))}")
+    if vocab is not None:
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            row = int((ids == bad).any(-1).nonzero()[0])
+            raise InputError(f"{argument}: a batch holds token id {bad} (row {row}), outside the model's vocabulary "
+                             f"of {vocab} ids (valid: 0..{vocab - 1})")
+
+
+def unknown_token_warning(prompts, id_lists, tokenizer, *, argument: str = "prompts") -> str | None:
+    """The warning for string prompts that hold words the tokenizer encodes as its unknown token, or None.
+
+    A word-level or SentencePiece tokenizer maps a word it does not know to its ``unk_token``: the model then
+    reads that token instead of the word, silently. Prompts given as ids, and prompts that spell the unknown
+    token themselves, are not reported.
+    """
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    unk = getattr(tokenizer, "unk_token", None)
+    if unk_id is None or isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
+        return None
+    bad = [i for i, (p, ids) in enumerate(zip(prompts, id_lists))
+           if isinstance(p, str) and unk_id in ids and (not unk or str(unk) not in p)]
+    if not bad:
+        return None
+    first = prompts[bad[0]]
+    shown = first if len(first) <= 60 else first[:57] + "..."
+    return (f"{argument}: {len(bad)} prompt(s) hold words the tokenizer does not know, encoded as its unknown "
+            f"token {unk!r} (id {unk_id}), e.g. {argument}[{bad[0]}] = {shown!r}; the model reads {unk!r} "
+            f"there instead of the word (prompts {bad[:5]}{' ...' if len(bad) > 5 else ''})")
+
+
+def check_finite_outcome(values, name: str, *, rows=None, argument: str = "metric") -> None:
+    """Raise if a metric's values ``[batch]`` hold NaN or inf, naming the metric and the prompts (``rows``)."""
+    import torch
+
+    finite = torch.isfinite(values)
+    if bool(finite.all()):
+        return
+    bad = (~finite).nonzero().flatten().tolist()
+    kinds = " and ".join(sorted({"NaN" if bool(torch.isnan(values[b])) else "inf" for b in bad[:50]}))
+    where = sorted({int(rows[b]) for b in bad}) if rows is not None else bad
+    shown = f"{where[:5]}{' ...' if len(where) > 5 else ''}"
+    place = f"prompt(s) {shown} ({len(bad)} of {len(values)} rows)" if rows is not None else \
+        f"{len(bad)} of {len(values)} rows {shown}"
+    raise InputError(f"{argument} {name!r} is not finite ({kinds}) on {place}: a metric must return a finite "
+                     "number per prompt")
 
 
 _DEVICES = "None (CPU), 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device"

@@ -11,10 +11,11 @@ from .captured import Activations as Activations
 from .captured import Captured as Captured
 from .capturing import capture as capture
 from .capturing import check_nodes as check_nodes
+from .capturing import check_prompts as check_prompts
 from .capturing import collect as collect
 from .capturing import read_plan as read_plan
 from .capturing import split_reads as split_reads
 from .store import ActivationStore as ActivationStore
 
 __all__ = ["Activations", "Captured", "collect", "capture", "read_plan", "split_reads", "check_nodes",
-           "ActivationStore"]
+           "check_prompts", "ActivationStore"]

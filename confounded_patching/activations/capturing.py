@@ -19,6 +19,7 @@ stopped, and peak memory is bounded by one batch.
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -32,12 +33,12 @@ from ..models.sites import Plan, Read, ReadKey
 from ..models.tokens import TokenBatch, as_id_lists, columns, pad, pad_id
 from ..nodes import Node, is_node
 from ..progress import progress_bar
-from ..validation import check_int, check_positions
+from ..validation import check_choice, check_int, check_positions, check_token_ids, is_int, unknown_token_warning
 from .captured import Activations, Captured
 from .fingerprint import identity
 from .store import ActivationStore
 
-__all__ = ["collect", "capture", "read_plan", "split_reads", "check_nodes"]
+__all__ = ["collect", "capture", "read_plan", "split_reads", "check_nodes", "check_prompts"]
 
 
 def check_nodes(adapter, nodes, *, argument: str = "nodes", allow_all_positions: bool = False) -> list[Node]:
@@ -57,6 +58,21 @@ def check_nodes(adapter, nodes, *, argument: str = "nodes", allow_all_positions:
     if len(set(nodes)) != len(nodes):
         raise InputError(f"{argument} contains duplicate nodes")
     return nodes
+
+
+def check_prompts(adapter, prompts, *, argument: str = "prompts") -> list[list[int]]:
+    """The token ids of ``prompts``, checked against the model before any forward pass.
+
+    Every id must lie in the model's vocabulary and every prompt fit its context
+    (:func:`~confounded_patching.validation.check_token_ids`); string prompts holding words the
+    tokenizer encodes as its unknown token get a warning.
+    """
+    id_lists = as_id_lists(prompts, adapter.tokenizer, argument=argument)
+    check_token_ids(id_lists, adapter.spec, argument=argument)
+    message = unknown_token_warning(prompts, id_lists, adapter.tokenizer, argument=argument)
+    if message:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return id_lists
 
 
 def read_plan(batch: TokenBatch, nodes: Sequence[Node], *, offset: int = 0, embed_layer: int | None = None) -> Plan:
@@ -134,11 +150,12 @@ def collect(
     adapter = adapt(model, tokenizer)
     nodes = check_nodes(adapter, nodes)
     check_int("batch_size", batch_size, minimum=1, expected="a positive int")
-    if embed_layer is not None and not (isinstance(embed_layer, int) and 0 <= embed_layer < adapter.spec.n_layers):
+    check_choice("padding_side", padding_side, ("left", "right"))
+    if embed_layer is not None and not (is_int(embed_layer) and 0 <= embed_layer < adapter.spec.n_layers):
         raise InputError(f"embed_layer must be an int in [0, {adapter.spec.n_layers}); received {embed_layer!r}")
-    id_lists = as_id_lists(prompts, adapter.tokenizer)
-    check_positions(id_lists, nodes)  # fail before any forward pass
-    metric = None if metric is None else as_metric(metric, adapter.tokenizer)
+    id_lists = check_prompts(adapter, prompts)  # fail before any forward pass
+    check_positions(id_lists, nodes)
+    metric = None if metric is None else as_metric(metric, adapter.tokenizer, vocab_size=adapter.spec.vocab_size)
     if metric is not None and metric.needs_clean:
         raise InputError(f"metric {metric.name!r} compares with a clean run, which collect does not have")
     text = [p for p in prompts] if not isinstance(prompts, torch.Tensor) and all(isinstance(p, str) for p in prompts) else None
@@ -203,6 +220,9 @@ def capture(model, nodes: Sequence[Node], attention_mask: torch.Tensor | None = 
     nodes = check_nodes(adapter, nodes)
     if attention_mask is None:
         attention_mask = _trace_mask(model)
+    elif not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
+        raise InputError(f"attention_mask must be a tensor [batch, seq] of 0s and 1s (the trace's mask); received "
+                         f"{describe(attention_mask)}")
     batch = TokenBatch(torch.zeros_like(attention_mask), attention_mask.long(),
                        "right" if bool(attention_mask[:, -1].eq(0).any()) else "left")
     raw = adapter.capture_in_trace(read_plan(batch, nodes).to(adapter.device))

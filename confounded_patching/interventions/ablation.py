@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from ..activations.captured import Activations
-from ..activations.capturing import check_nodes, collect
+from ..activations.capturing import check_nodes, check_prompts, collect
 from ..errors import InputError, describe
 from ..metrics import as_metric
 from ..models import adapt
-from ..models.tokens import as_id_lists, pad_id
+from ..models.tokens import pad_id
 from ..nodes import Node
 from ..progress import progress_bar
 from ..results import Result, check_array, check_nodes_field
@@ -135,13 +135,14 @@ def _prepare(adapter, prompts, id_lists, nodes, how, reference, seed, batch_size
         if missing:
             raise InputError(f"reference: the activations do not hold {len(missing)} of the nodes, e.g. "
                              f"{missing[0]!r}; collect them with cp.collect(model, prompts, nodes)")
+        _check_reference_values(adapter, reference, nodes)
         if how == "mean":
             return {n: (lambda rows, m=reference[n].double().mean(0).float(): m.expand(len(rows), -1))
                     for n in nodes}, None
         donors = np.random.default_rng(seed).integers(0, len(reference), len(id_lists))
         return {n: (lambda rows, v=reference[n]: v[[int(donors[i]) for i in rows]]) for n in nodes}, donors
     same = reference is None or reference is prompts
-    ref_ids = id_lists if same else as_id_lists(reference, adapter.tokenizer, argument="reference")
+    ref_ids = id_lists if same else check_prompts(adapter, reference, argument="reference")
     check_positions(ref_ids, nodes, argument="reference")
     if how == "resample":
         rng = np.random.default_rng(seed)
@@ -164,6 +165,20 @@ def _prepare(adapter, prompts, id_lists, nodes, how, reference, seed, batch_size
     acts = _collect(adapter, ref_ids, nodes, batch_size, remote)
     means = {node: acts[node].double().mean(0).float() for node in nodes}
     return {node: (lambda rows, m=means[node]: m.expand(len(rows), -1)) for node in nodes}, None
+
+
+def _check_reference_values(adapter, reference: Activations, nodes) -> None:
+    """Collected reference values must have this model's width at each node and be finite."""
+    for node in nodes:
+        value = reference[node]
+        width = adapter.spec.node_dim(node.kind)
+        if value.ndim != 2 or value.shape[1] != width or value.shape[0] == 0:
+            raise InputError(f"reference: the activations of {node!r} must be [n_prompts >= 1, {width}] for this "
+                             f"model ({node.kind} width {width}); received {describe(value)} (collected with "
+                             "another model?)")
+        if not bool(torch.isfinite(value).all()):
+            raise InputError(f"reference: the activations of {node!r} hold NaN or inf; they would be written into "
+                             "every ablated run")
 
 
 def _collect(adapter, id_lists, nodes, batch_size, remote):
@@ -191,8 +206,8 @@ def _check_common(adapter, prompts, outcome, how, batch_size, seed):
     check_choice("how", how, HOW)
     check_int("batch_size", batch_size, minimum=1, expected="an int >= 1")
     check_int("seed", seed, minimum=0, expected="an int >= 0")
-    outcome = as_metric(outcome, adapter.tokenizer, argument="outcome")
-    id_lists = as_id_lists(prompts, adapter.tokenizer)
+    outcome = as_metric(outcome, adapter.tokenizer, argument="outcome", vocab_size=adapter.spec.vocab_size)
+    id_lists = check_prompts(adapter, prompts)
     return outcome, id_lists
 
 

@@ -18,16 +18,17 @@ node, copies the node's value from one run into the other:
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..activations.capturing import check_nodes
+from ..activations.capturing import check_nodes, check_prompts
 from ..errors import InputError
 from ..metrics import Metric, as_metric, logits_request
 from ..models import adapt
-from ..models.tokens import as_id_lists, pad_id, token_labels
+from ..models.tokens import pad_id, token_labels
 from ..nodes import nodes as all_nodes
 from ..results import Result, check_array, check_nodes_field, node_columns, patch_tag
 from ..validation import check_choice, check_int, check_positions
@@ -147,6 +148,11 @@ class PatchInputs:
         return groups
 
     def result(self, raw, clean, corrupt, method: str) -> PatchingResult:
+        identical = all(a == b for a, b in zip(self.clean_ids, self.corrupt_ids))  # warned about by prepare
+        if not identical and float(np.mean(clean - corrupt)) == 0:
+            warnings.warn(f"metric {self.metric.name!r} is the same on the clean and the corrupt prompts on average "
+                          "(mean clean − corrupt = 0), so the normalized score is NaN for every node; the effects "
+                          "(patched − unpatched) are in .effects", UserWarning, stacklevel=3)
         texts = lambda ps: list(ps) if isinstance(ps, (list, tuple)) and all(isinstance(p, str) for p in ps) else None
         return PatchingResult(nodes=self.nodes, raw=raw, clean=clean, corrupt=corrupt, direction=self.direction,
                               method=method, metric=self.metric.name,
@@ -176,13 +182,18 @@ def prepare(model, clean, corrupt, nodes, metric, *, direction: str, method: str
     if nodes is None:
         nodes = all_nodes(model if tokenizer is None else adapter)
     nodes = check_nodes(adapter, nodes, allow_all_positions=True)
-    metric = as_metric(metric, adapter.tokenizer)
+    metric = as_metric(metric, adapter.tokenizer, vocab_size=adapter.spec.vocab_size)
     if logits_request(metric) == "full" and method == "attribution":
         raise InputError("method='attribution' needs a last-position metric; full_logits metrics need 'exact'")
-    clean_ids = as_id_lists(clean, adapter.tokenizer, argument="clean")
-    corrupt_ids = as_id_lists(corrupt, adapter.tokenizer, argument="corrupt")
-    _check_equal_lengths(clean_ids, corrupt_ids)
-    check_positions(clean_ids, nodes, argument="clean")
     if batch_size is not None:  # attribution patching runs whole groups of pairs
         check_int("batch_size", batch_size, minimum=1, expected="a positive int")
+    clean_ids = check_prompts(adapter, clean, argument="clean")
+    corrupt_ids = check_prompts(adapter, corrupt, argument="corrupt")
+    _check_equal_lengths(clean_ids, corrupt_ids)
+    check_positions(clean_ids, nodes, argument="clean")
+    same = [i for i, (a, b) in enumerate(zip(clean_ids, corrupt_ids)) if a == b]
+    if same:
+        warnings.warn(f"clean and corrupt are the same prompt in {len(same)} of {len(clean_ids)} pair(s) "
+                      f"{same[:5]}{' ...' if len(same) > 5 else ''}: clean − corrupt is 0 there, so patching changes "
+                      "nothing and the normalized scores are NaN", UserWarning, stacklevel=3)
     return PatchInputs(adapter, nodes, metric, clean, corrupt, clean_ids, corrupt_ids, direction)

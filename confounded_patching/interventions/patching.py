@@ -21,6 +21,7 @@ from ..models.sites import Plan, Read, ReadKey
 from ..models.tokens import pad
 from ..nodes import Node
 from ..progress import progress_counter
+from ..validation import check_bool
 from .attribution import attribution_scores
 from .clean_corrupt import DIRECTIONS, METHODS, PatchingResult, PatchInputs, prepare
 from .rows import PrefixCache, Row, run_rows
@@ -70,6 +71,7 @@ def patch(
     Returns:
         :class:`PatchingResult`, with ``raw[pair, node]`` in the order of ``nodes``.
     """
+    check_bool("prefix_cache", prefix_cache)
     inputs = prepare(model, clean, corrupt, nodes, metric, direction=direction, method=method,
                      batch_size=batch_size, tokenizer=tokenizer)
     if method == "attribution":

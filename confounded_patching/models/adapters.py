@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import InputError, describe
+from ..validation import check_batch_fits
 from .architectures import ModelSpec, spec_from_hf
 from .sites import Plan, apply
 from .tokens import TokenBatch, encode
@@ -77,6 +78,7 @@ class Adapter:
                 f"remote execution needs an nnsight model named by a repo id; this model is served by "
                 f"{self.name}, which runs locally only (received remote={kwargs['remote']!r})"
             )
+        check_batch_fits(batch, self.spec)  # guards every caller's forward passes, not only the entry points
         batch = batch.to(self.device)
         if start is not None and start[0] > 0:
             if not self.can_start():
@@ -106,6 +108,7 @@ class Adapter:
         returned (detached). Gradients are taken with ``torch.autograd.grad``
         so no parameter's ``.grad`` is touched.
         """
+        check_batch_fits(batch, self.spec)
         batch = batch.to(self.device)
         tensors: dict = {}
         with torch.enable_grad():
@@ -388,7 +391,10 @@ class TransformerLensAdapter(Adapter):
         self.model = model
         self.tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
         cfg = model.cfg
-        self.spec = ModelSpec("transformer_lens", int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head), int(cfg.d_model))
+        n_ctx, d_vocab = getattr(cfg, "n_ctx", None), getattr(cfg, "d_vocab", None)
+        self.spec = ModelSpec("transformer_lens", int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head), int(cfg.d_model),
+                              vocab_size=int(d_vocab) if d_vocab else None, context=int(n_ctx) if n_ctx else None,
+                              context_key="cfg.n_ctx" if n_ctx else None)
 
     def _forward(self, batch, plan, logits, **kwargs):
         if kwargs:

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 
 from ..errors import ArchitectureError
 
-__all__ = ["Layout", "ModelSpec", "ARCHITECTURES", "register_architecture", "find_layout"]
+__all__ = ["Layout", "ModelSpec", "ARCHITECTURES", "register_architecture", "find_layout", "context_length",
+           "CONTEXT_KEYS"]
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,15 @@ for _layout in (
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Sizes of a model and where its nodes live."""
+    """Sizes of a model and where its nodes live.
+
+    Attributes:
+        vocab_size: token ids the model reads (rows of its input embedding); None if unknown.
+        context: the most tokens a prompt may have (``config.n_positions``,
+            ``config.max_position_embeddings``, TransformerLens' ``cfg.n_ctx``); None where the model
+            has no such limit (Bloom's ALiBi) or it is unknown.
+        context_key: where ``context`` was read, for messages (``"config.n_positions"``).
+    """
 
     family: str
     n_layers: int
@@ -85,6 +94,9 @@ class ModelSpec:
     head_dim: int
     d_model: int
     layout: Layout | None = None
+    vocab_size: int | None = None
+    context: int | None = None
+    context_key: str | None = None
 
     def node_dim(self, kind: str) -> int:
         return self.head_dim if kind == "head" else self.d_model
@@ -128,4 +140,36 @@ def spec_from_hf(hf_model) -> ModelSpec:
     in_features = getattr(out_proj, "in_features", None)
     if in_features is None:  # GPT-2 Conv1D stores weight as [in, out]
         in_features = out_proj.weight.shape[0]
-    return ModelSpec(layout.family, len(blocks), int(n_heads), int(in_features) // int(n_heads), int(d_model), layout)
+    vocab_size, (context, context_key) = _vocab_size(hf_model), context_length(cfg)
+    return ModelSpec(layout.family, len(blocks), int(n_heads), int(in_features) // int(n_heads), int(d_model), layout,
+                     vocab_size, context, context_key)
+
+
+#: Configuration keys that bound a prompt's length, in the order they are looked for.
+CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(config, prefix: str = "config") -> tuple[int | None, str | None]:
+    """``(positions, "config.KEY")``: the longest prompt a model's configuration allows, or ``(None, None)``.
+
+    GPT-2 and OPT learn one embedding per position (``n_positions``); rotary models (Llama, Qwen2, Phi-3,
+    GPT-NeoX, Gemma) name the length they were trained for (``max_position_embeddings``) and run past it
+    without an error. Bloom (ALiBi) has no such key and no limit.
+    """
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, f"{prefix}.{key}"
+    return None, None
+
+
+def _vocab_size(hf_model) -> int | None:
+    """Rows of the input embedding (the ids the model can read), else ``config.vocab_size``."""
+    try:
+        rows = getattr(hf_model.get_input_embeddings(), "num_embeddings", None)
+    except (AttributeError, NotImplementedError):
+        rows = None
+    if isinstance(rows, int) and rows > 0:
+        return rows
+    value = getattr(getattr(hf_model, "config", None), "vocab_size", None)
+    return value if isinstance(value, int) and value > 0 else None

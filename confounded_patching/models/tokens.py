@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..errors import InputError, describe
-from ..validation import beyond_prompt
+from ..validation import beyond_prompt, is_int
 
 __all__ = ["TokenBatch", "encode", "pad", "pad_id", "as_id_lists", "columns", "token_labels"]
 
@@ -58,13 +59,33 @@ class TokenBatch:
         return TokenBatch(self.input_ids[index], self.attention_mask[index], self.padding_side)
 
 
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _ids_of(p):
+    """A prompt given as ids (a 1-d integer tensor or array, or a sequence of ints) as a list, else None."""
+    if isinstance(p, torch.Tensor):
+        return p.tolist() if p.ndim == 1 and p.dtype in _INT_DTYPES else None
+    if isinstance(p, np.ndarray):
+        return p.tolist() if p.ndim == 1 and p.dtype.kind in "iu" else None
+    if isinstance(p, (list, tuple)) and all(is_int(t) for t in p):
+        return [int(t) for t in p]
+    return None
+
+
 def as_id_lists(prompts, tokenizer, *, argument: str = "prompts") -> list[list[int]]:
-    """Token ids of each prompt (strings are tokenized, ids are taken as they are)."""
-    if isinstance(prompts, torch.Tensor):
-        if prompts.ndim != 2 or prompts.dtype not in (torch.int64, torch.int32):
+    """Token ids of each prompt (strings are tokenized, ids are taken as they are).
+
+    ``prompts``: a list of strings or of id sequences (lists, 1-d integer tensors or arrays), or a 2-d
+    integer tensor or array ``[n_prompts, seq]`` (every token real). Bools and floats are refused.
+    """
+    if isinstance(prompts, (torch.Tensor, np.ndarray)) and not (isinstance(prompts, np.ndarray)
+                                                                 and prompts.dtype.kind in "OU"):
+        kind_ok = (prompts.dtype in _INT_DTYPES) if isinstance(prompts, torch.Tensor) else prompts.dtype.kind in "iu"
+        if prompts.ndim != 2 or not kind_ok:
             raise InputError(f"{argument} as a tensor must be a LongTensor [n_prompts, seq]; received {describe(prompts)}")
         id_lists = prompts.tolist()
-    elif isinstance(prompts, str):
+    elif isinstance(prompts, (str, bytes)):
         raise InputError(f"{argument} must be a list of prompts, not a single string; received {describe(prompts)}")
     else:
         try:
@@ -77,12 +98,11 @@ def as_id_lists(prompts, tokenizer, *, argument: str = "prompts") -> list[list[i
                 if tokenizer is None:
                     raise InputError(f"{argument}[{i}] is a string but the model has no tokenizer; pass tokenizer=...")
                 id_lists.append(list(tokenizer(p)["input_ids"]))
-            elif isinstance(p, torch.Tensor) and p.ndim == 1:
-                id_lists.append([int(t) for t in p.tolist()])
-            elif isinstance(p, (list, tuple)) and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
-                id_lists.append(list(p))
-            else:
+                continue
+            ids = _ids_of(p)
+            if ids is None:
                 raise InputError(f"{argument}[{i}] must be a string or a sequence of token ids; received {describe(p)}")
+            id_lists.append(ids)
     if not id_lists:
         raise InputError(f"{argument} must contain at least one prompt; received an empty list")
     for i, ids in enumerate(id_lists):
