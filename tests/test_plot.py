@@ -24,7 +24,7 @@ def _panel_traces(fig):
             sp = fig.get_subplot(r, c)
             xname = sp.xaxis.plotly_name.replace("axis", "")
             for t in _heatmaps(fig):
-                if t.xaxis == xname:
+                if t.xaxis == xname and not t.name.startswith("not identifiable"):  # the value layer
                     out[(r, c)] = t
     return out
 
@@ -243,3 +243,23 @@ def test_nodes_patched_at_every_position_get_their_own_labels():
     assert fig.get_subplot(1, 1).yaxis.title.text.startswith("Residual stream")
     assert list(fig.get_subplot(1, 1).xaxis.ticktext) == ["all positions"]
     assert fig.get_subplot(2, 1).yaxis.title.text.startswith("Attention heads @ all positions")
+
+
+def test_cells_without_a_value_are_drawn_apart_from_cells_not_computed(nodes):
+    """An all-infeasible panel still draws: its own dark layer with a white ×, and its own legend entry."""
+    rows = [dict(node=n.label, kind=n.kind, layer=n.layer, head=getattr(n, "head", None), pos=n.pos,
+                 method="eb:adjusted", value=float("nan") if n.kind == "head" else 0.1,
+                 status="infeasible" if n.kind == "head" else "converged", metric="y") for n in nodes]
+    fig = plot.compare(pd.DataFrame(rows))
+    masks = [t for t in fig.data if t.type == "heatmap" and t.name.startswith("not identifiable")]
+    values = [t for t in fig.data if t.type == "heatmap" and not t.name.startswith("not identifiable")]
+    assert len(values) == 4 and len(masks) == 2  # the two head rows (pos -2, -1) have no value at all
+    for mask in masks:
+        z = np.asarray(mask.z, dtype=float)
+        assert np.isfinite(z).any() and mask.colorscale[0][1] == mask.colorscale[-1][1] != "#cfcfcf"
+    crosses = [t for t in fig.data if t.type == "scatter" and t.name.startswith("not identifiable") and not t.showlegend]
+    assert sum(len(t.x) for t in crosses) == sum(n.kind == "head" for n in nodes)
+    legend = [t.name for t in fig.data if t.showlegend]
+    assert legend == ["not computed", "not identifiable / infeasible balance"]
+    head_hover = next(t for t in masks).text
+    assert any("status infeasible" in cell for line in head_hover for cell in line)

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
 
 import confounded_patching as cp
@@ -64,8 +65,16 @@ def report(tmp_path_factory):
     med = cp.mediate(hf, prompts, nodes, outcome=METRIC, n_topics=2, K=10, d_q=2, d_n=2, n_boot=10, tokenizer=tok,
                      progress=False)
     path = tmp_path_factory.mktemp("report") / "report.html"
-    write_report(path, {"classic": classic, "resample": resampled, "mediation": med}, title="Browser test")
-    return path
+    results = {"classic": classic, "resample": resampled, "mediation": med}
+    write_report(path, results, title="Browser test")
+    return path, results
+
+
+def _drawable(results) -> tuple[int, int]:
+    """(heatmap layers with at least one finite cell, of which no-value masks) in the report's compare figure."""
+    fig = cp.plot.compare(*results.values())
+    drawn = [t for t in fig.data if t.type == "heatmap" and np.isfinite(np.asarray(t.z, dtype=float)).any()]
+    return len(drawn), sum(t.name.startswith("not identifiable") for t in drawn)
 
 
 def test_console_errors_are_detected(chromium, tmp_path):
@@ -77,19 +86,25 @@ def test_console_errors_are_detected(chromium, tmp_path):
 
 
 def test_report_draws_every_figure_without_javascript_errors(chromium, report, tmp_path):
+    report, results = report
     result = _open(chromium, report, tmp_path, "--dump-dom")
     dom = result.stdout
     assert not _js_errors(result.stderr), _js_errors(result.stderr)
     n_figures = report.read_text().count('class="plotly-graph-div"')
     assert n_figures >= 5  # compare, localization, diagnostics, agreement scatters
     assert dom.count('class="main-svg"') >= 2 * n_figures  # plotly drew an <svg> for every figure
-    # compare: 3 rows (resid, heads, MLP) x 4 columns of heatmaps, each drawn as an image in a "hm" layer
-    assert dom.count('class="hm"') == 12
-    assert len(re.findall(r'<g class="hm"[^>]*><image', dom)) == 12
+    # compare: 3 rows (resid, heads, MLP) x 4 columns of heatmaps, each layer drawn as an image in a "hm" group;
+    # cells without a value (infeasible, not identifiable) are a layer of their own, so every panel draws
+    layers, masks = _drawable(results)
+    assert masks > 0  # the tiny model's adjusted EB-AIE has infeasible nodes
+    assert dom.count('class="hm"') == layers
+    assert len(re.findall(r'<g class="hm"[^>]*><image', dom)) == layers
+    assert "not identifiable / infeasible balance" in dom and "not computed" in dom
     assert "colorbar" in dom and "Classic patching (denoise)" in dom and "EB-AIE adjusted" in dom
 
 
 def test_report_screenshot(chromium, report, tmp_path):
+    report, _ = report
     shot = tmp_path / "report.png"
     result = _open(chromium, report, tmp_path, f"--screenshot={shot}", "--window-size=1400,2000",
                    "--hide-scrollbars")

@@ -192,6 +192,8 @@ def hover_text(row, title: str) -> str:
         extra.append(f"{int(row['n_pairs'])} pairs")
     if extra:
         lines.append(" · ".join(extra))
+    if get("reason"):
+        lines.append(f"not reliable: {row['reason']}")
     return "<br>".join(lines)
 
 

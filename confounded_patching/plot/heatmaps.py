@@ -21,6 +21,9 @@ from .frames import (FAMILY_TITLES, Column, colorbar_title, columns, hover_text,
 __all__ = ["compare"]
 
 MISSING = "#cfcfcf"  # background: cells that were not computed
+NOT_IDENTIFIED = "#3b3b3b"  # cells computed without a value: infeasible balance, not identifiable (a white ×)
+NOT_IDENTIFIED_LABEL = "not identifiable / infeasible balance"
+MISSING_LABEL = "not computed"
 
 
 @dataclass
@@ -65,9 +68,14 @@ def _rows(cols: list[Column]) -> list[_Row]:
 
 
 def _grid(row: _Row, col: Column):
-    """(z, hover text) arrays ``[layers, xs]`` of one panel; NaN where the column has no node."""
+    """(z, hover text, no-value mask) arrays ``[layers, xs]`` of one panel.
+
+    ``z`` is NaN where the column has no node (not computed) and where the node was computed without a
+    value (infeasible balance, not identifiable: ``mask`` is True there).
+    """
     z = np.full((len(row.layers), len(row.xs)), np.nan)
-    text = [["not computed" for _ in row.xs] for _ in row.layers]
+    mask = np.zeros(z.shape, dtype=bool)
+    text = [[MISSING_LABEL for _ in row.xs] for _ in row.layers]
     sub = row.select(col.df)
     xi = {x: i for i, x in enumerate(row.xs)}
     for rec in sub.to_dict("records"):
@@ -76,8 +84,9 @@ def _grid(row: _Row, col: Column):
             continue
         i, j = rec["layer"] - row.layers[0], xi[key]
         z[i, j] = rec["value"]
+        mask[i, j] = not math.isfinite(rec["value"])
         text[i][j] = hover_text(rec, col.title)
-    return z, text
+    return z, text, mask
 
 
 def _check_zmax(zmax) -> None:
@@ -165,11 +174,22 @@ def compare(*results, titles=None, zmax=None, height_per_row: int | None = None,
             ranges[(r, units)] = (axis_k, a, bool(finite.size))
             axis_k += 1
         for c, col in enumerate(cols, start=1):
-            z, text = grids[c - 1]
+            z, text, mask = grids[c - 1]
             k = ranges[(r, col.units)][0]
-            fig.add_trace(go.Heatmap(z=z, x=list(range(len(row.xs))), y=row.layers, text=text,
+            xs = list(range(len(row.xs)))
+            fig.add_trace(go.Heatmap(z=z, x=xs, y=row.layers, text=text,
                                      hovertemplate="%{text}<extra></extra>", coloraxis=f"coloraxis{k}",
                                      xgap=1, ygap=1, name=f"{col.title} · {row.title}"), row=r, col=c)
+            if mask.any():  # its own layer, so a panel with no value at all still draws
+                fig.add_trace(go.Heatmap(z=np.where(mask, 1.0, np.nan), x=xs, y=row.layers, text=text,
+                                         hovertemplate="%{text}<extra></extra>", zmin=0, zmax=1, showscale=False,
+                                         colorscale=[[0, NOT_IDENTIFIED], [1, NOT_IDENTIFIED]], xgap=1, ygap=1,
+                                         name=f"{NOT_IDENTIFIED_LABEL} · {col.title} · {row.title}"), row=r, col=c)
+                ii, jj = np.nonzero(mask)
+                fig.add_trace(go.Scatter(x=jj.tolist(), y=[row.layers[i] for i in ii], mode="markers",
+                                         marker=dict(symbol="x-thin", size=7, line=dict(color="white", width=1.5)),
+                                         hoverinfo="skip", showlegend=False, name=NOT_IDENTIFIED_LABEL),
+                              row=r, col=c)
     # colour axes and colourbars, one per (row, units) present in that row
     for (r, units), (k, a, any_value) in ranges.items():
         g = unit_groups.index(units)
@@ -202,8 +222,16 @@ def compare(*results, titles=None, zmax=None, height_per_row: int | None = None,
             sp.yaxis.update(autorange="reversed", showgrid=False, zeroline=False, tickmode="linear", tick0=0,
                             dtick=1 if len(row.layers) <= 16 else 5)
         first.yaxis.update(title=dict(text=f"{row.title}<br>layer", font=dict(size=12)))
+    # legend: what the cells without a colour mean
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=MISSING_LABEL, showlegend=True,
+                             marker=dict(symbol="square", size=13, color=MISSING, line=dict(color="#999", width=1))),
+                  row=1, col=1)
+    if any(t.name.startswith(NOT_IDENTIFIED_LABEL) for t in fig.data):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=NOT_IDENTIFIED_LABEL, showlegend=True,
+                                 marker=dict(symbol="square-x", size=13, color=NOT_IDENTIFIED,
+                                             line=dict(color="white", width=1.2))), row=1, col=1)
     metrics = sorted({c.metric for c in cols if c.metric})
-    subtitle = ("colour range shared within a row among columns with the same units · grey = not computed"
+    subtitle = ("colour range shared within a row among columns with the same units"
                 + (f" · outcome: {', '.join(metrics)}" if metrics else ""))
     fig.update_layout(
         title=dict(text=f"Per-node effects<br><sup>{subtitle}</sup>", x=0.01),
@@ -211,5 +239,7 @@ def compare(*results, titles=None, zmax=None, height_per_row: int | None = None,
         width=plot_width + 130 + 120 * len(unit_groups),
         margin=dict(l=90, r=40 + 120 * len(unit_groups), t=110, b=60),
         plot_bgcolor=MISSING, paper_bgcolor="white", template="plotly_white",
+        legend=dict(orientation="h", x=1, xanchor="right", yref="container", y=0.995, yanchor="top",
+                    font=dict(size=11)),
     )
     return fig
