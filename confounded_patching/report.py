@@ -1,16 +1,28 @@
-"""One self-contained HTML report of a patching / deconfounding analysis.
+"""One self-contained HTML report of a patching / deconfounding analysis, in the order a researcher reads it.
 
-:func:`write_report` puts the figures of :mod:`confounded_patching.plot`
-(compare, localization, diagnostics, agreement), a summary of every
-result, the settings, and a short guide to reading the numbers into one
-HTML file. plotly.js is embedded once, so the file opens offline and can
-be mailed or archived as is. It is written under a temporary name and
-renamed, so a failure never leaves a half-written report.
+:func:`write_report` writes, into one HTML file:
+
+1. the title and a short note;
+2. the **headline**: per method, what it is, its top nodes, and this run's
+   agreement with the exact (interventional) AIE, with a one-line verdict
+   (trust / caution / do not trust, :func:`~.plot.summaries.assess`); the
+   exact confirmation of the fast AIE (``cp.confirm``); and the caveat that
+   the EB-AIE is observational and not identified on a real model;
+3. the heatmaps (:func:`~.plot.compare`: classic patching | resample AIE |
+   EB-AIE adjusted | EB-AIE unadjusted), each method's values against the
+   exact AIE, and how localized the effects are;
+4. the EB-AIE's diagnostics, grouped by layer with the thresholds of the
+   ``reliable`` flag drawn, and why nodes are unreliable;
+5. how to read the numbers and the settings, collapsed.
+
+plotly.js is embedded once, so the file opens offline and can be mailed or
+archived as is; the page fits a 1,280 px window. It is written under a
+temporary name and renamed, so a failure never leaves a half-written report.
 
 Example::
 
     >>> from confounded_patching.report import write_report
-    >>> write_report("out/report.html", {"classic": classic, "resample": rs, "mediation": med},
+    >>> write_report("out/report.html", {"patch": classic, "resample": aie, "confirm": check, "mediation": med},
     ...              title="Gender bias in SmolLM2", notes="300 prompts, seed 0")
 """
 
@@ -26,11 +38,21 @@ import numpy as np
 from . import __version__
 from .errors import InputError, describe
 from .plot import agreement, compare, diagnostics, localization
-from .plot.frames import columns, frame
-from .plot.summaries import top_share
-from .results import EB_ADJUSTED, EB_UNADJUSTED, RESAMPLE, RESAMPLE_STRATIFIED, atomic_write, is_score
+from .plot.frames import METHOD_ORDER, columns, frame, split_confirmation
+from .plot.heatmaps import VERDICT_COLORS
+from .plot.summaries import assess, exact_reference
+from .results import atomic_write
 
-__all__ = ["write_report", "HOW_TO_READ"]
+__all__ = ["write_report", "HOW_TO_READ", "EB_CAVEAT", "WIDTH"]
+
+#: The widest figure, in pixels: the page fits a 1,280 px window with its scrollbar.
+WIDTH = 1210
+
+#: The caveat about the EB-AIE, shown in the headline whenever an EB-AIE is in the report.
+EB_CAVEAT = ("The EB-AIE is observational (the paper's estimator): a node's activation is a deterministic function "
+             "of the prompt, so on a real model its effect is not identified from observation — the estimate rests "
+             "on the weight model's extrapolation, and on SmolLM2 it did not track the interventional AIE "
+             "(docs/evidence.md). Read the resample AIE first; use the EB-AIE where no intervention is possible.")
 
 #: The "how to read this" section, as HTML.
 HOW_TO_READ = """
@@ -39,14 +61,21 @@ HOW_TO_READ = """
 other. Denoising score = (patched − corrupt) / (clean − corrupt): 1 = that node alone restores the clean metric,
 0 = no effect, negative = it moves the metric the other way. Noising score = (patched − clean) / (clean − corrupt):
 0 = unharmed, −1 = the effect is destroyed.</li>
-<li><b>Resample AIE</b> (brute force): for random ordered pairs of prompts (i, j), run prompt i with the node set
-to its value under prompt j; the AIE is the mean of y(i with n←n(j)) − y(i), in units of the outcome y. It is
-the causal quantity the EB estimator targets, computed on a sample of nodes because it costs a forward pass per
-pair and node.</li>
-<li><b>EB-AIE</b> estimates the same average indirect effect for every node from one forward pass per prompt, by
+<li><b>Resample AIE</b> (interventional): for random ordered pairs of prompts (i, j), run prompt i with the node set
+to its value under prompt j; the AIE is the mean of y(i with n←n(j)) − y(i), in units of the outcome y.
+<i>Topic-stratified</i>: j is drawn from i's topic (deconfounded). It is exactly the quantity the paper's Eq. (1)
+defines, computed by intervention. <i>First order</i> replaces each swap by ∇y(i)·(n(j) − n(i)) (one forward and
+one backward pass per prompt for every node); <i>exact</i> runs the swap. Outlined cells are exact; the
+confirmation reruns the fast AIE's top nodes and a random sample of the rest exactly and reports the agreement.</li>
+<li><b>EB-AIE</b> estimates the same average indirect effect for every node from observation alone, by
 reweighting prompt pairs with entropy-balancing weights (Fotouhi et al. 2024, Eq. 2). <i>Adjusted</i> balances
-the confounder (the prompts' topics), <i>unadjusted</i> does not; where they differ, the topic explains part of
-the node's apparent effect.</li>
+the confounder (the prompts' topics), <i>unadjusted</i> does not. Each value carries a <i>reliable</i> flag (see the
+diagnostics).</li>
+<li><b>Verdicts.</b> Each method is compared with the exact resample AIE on the nodes where the run computed it:
+Spearman correlation of |value| (do they agree on which nodes matter), Pearson correlation (of |value| for a
+patching score, whose units and sign differ) and the overlap of the top nodes. <i>trust</i>: Spearman of |value|
+and Pearson both at least 0.9 on at least 10 nodes; <i>caution</i>: both at least 0.7;
+otherwise <i>do not trust</i>.</li>
 <li><b>What an AIE measures.</b> Averaged over random pairs of prompts, the AIE is exactly zero for any outcome
 that is additive in the query and the node (y = h₁(q) + h₂(n) + h₃(x), however nonlinear each h): it measures
 the <i>q × n non-additivity</i>, how much the node's contribution depends on which prompt it is combined with.
@@ -54,24 +83,32 @@ For a binary label of a rare behaviour it is large for nodes that carry the beha
 <li><b>Why the weights matter.</b> With uniform weights the balancing term of every EB-AIE is exactly 0: its
 signal lives in the weights' cross-evaluations; an outcome-model term (a ridge regression of the outcome on the
 balance features) adds back what approximate balance leaves out. A large balancing tolerance γ shrinks every
-node toward 0; a small one lets the ratios explode. Read the estimates together with the diagnostics: effective
-sample size (ESS), imbalance, the chosen γ and the solver status. NaN means the balancing problem was infeasible for that node.</li>
-<li><b>Colours.</b> RdBu, blue = positive, centred at 0 (white). Within a row of the heatmaps, columns with the
-same units share one colour range (patching scores with each other; AIEs in units of y with each other); each
-colourbar states its normalization. Layer 0 is at the top. Grey cells were not computed.</li>
+node toward 0; a small one lets the ratios explode. Read the estimates together with the diagnostics.</li>
+<li><b>Colours and marks.</b> RdBu, blue = positive, centred at 0 (white). Within a row of the heatmaps, columns
+with the same units share one colour range (patching scores with each other; AIEs in units of y with each other);
+each colourbar states its normalization. Layer 0 is at the top. Grey = not computed; dark with a white × =
+computed without a value (infeasible balance, not identifiable); outlined = an exact resample AIE; a small dot =
+a value its estimator flags unreliable. Hover a cell for its interval, diagnostics and reason.</li>
 <li><b>Localization</b> is the share of the total |effect| held by the top 10% of nodes; Fotouhi et al. found
 effects less localized after adjustment.</li>
 </ul>
 """
 
 _CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1500px;color:#222;
- padding:0 16px}
+*{box-sizing:border-box}
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:20px auto;max-width:1240px;color:#222;
+ padding:0 12px;line-height:1.4}
 h1{font-size:1.6em;margin-bottom:0.2em} h2{font-size:1.25em;margin-top:1.6em;border-bottom:1px solid #ddd}
-.meta{color:#666;font-size:0.9em} .notes{background:#f6f6f6;padding:8px 12px;border-left:3px solid #999}
-table{border-collapse:collapse;font-size:0.88em;margin:8px 0} td,th{border:1px solid #ddd;padding:3px 8px;
+.meta{color:#666;font-size:0.9em} .notes{background:#f6f6f6;padding:6px 12px;border-left:3px solid #999}
+table{border-collapse:collapse;font-size:0.88em;margin:8px 0} td,th{border:1px solid #ddd;padding:4px 8px;
  text-align:left;vertical-align:top} th{background:#f2f2f2} td.num{text-align:right;font-variant-numeric:tabular-nums}
-.figure{margin:12px 0;overflow-x:auto} .grid{display:flex;flex-wrap:wrap;gap:12px}
+table.headline{width:100%;table-layout:fixed} table.headline td{overflow-wrap:anywhere}
+.sub{color:#555;font-size:0.92em} .nodes{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:0.92em}
+.verdict{display:inline-block;padding:1px 8px;border-radius:10px;color:white;font-weight:bold;font-size:0.95em}
+.caveat{background:#fff4e5;border-left:4px solid #b35900;padding:8px 12px;margin:10px 0}
+.confirm{background:#eef6ee;border-left:4px solid #1a7f37;padding:8px 12px;margin:10px 0}
+.figure{margin:12px 0;max-width:100%;overflow:hidden} .grid{display:flex;flex-wrap:wrap;gap:12px}
+details{margin:12px 0} summary{cursor:pointer;font-weight:bold;font-size:1.1em;padding:4px 0}
 .skipped{color:#a33;font-size:0.9em}
 """
 
@@ -92,7 +129,12 @@ def _num(v) -> str:
     return f"{f:.4g}"
 
 
-def _table(header, rows) -> str:
+class _Raw(str):
+    """A table cell that is already HTML."""
+
+
+def _table(header, rows, cls: str = "", widths=None) -> str:
+    cols = "".join(f'<col style="width:{w}">' for w in widths) if widths else ""
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = []
     for row in rows:
@@ -103,11 +145,9 @@ def _table(header, rows) -> str:
             else:
                 cells.append(f"<td>{v if isinstance(v, _Raw) else _esc(v)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-class _Raw(str):
-    """A table cell that is already HTML."""
+    klass = f' class="{cls}"' if cls else ""
+    return (f"<table{klass}><colgroup>{cols}</colgroup><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
 
 
 def _figure_html(fig, div_id: str) -> str:
@@ -115,23 +155,74 @@ def _figure_html(fig, div_id: str) -> str:
                        config={"displaylogo": False, "responsive": False})
 
 
-def _summary_rows(results: dict) -> list:
+def _badge(verdict: str) -> str:
+    return f'<span class="verdict" style="background:{VERDICT_COLORS.get(verdict, "#666")}">{_esc(verdict)}</span>'
+
+
+def _top_nodes(col, k: int = 5) -> _Raw:
+    """The ``k`` nodes with the largest |value| (reliable ones only where the estimator flags reliability)."""
+    df = col.df
+    v = df["value"].to_numpy(float)
+    ok = np.isfinite(v)
+    note = ""
+    if "reliable" in df.columns:
+        rel = df["reliable"].astype(bool).to_numpy()
+        note = f"{int((ok & rel).sum())} of {len(df)} reliable"
+        ok &= rel
+        if not ok.any():
+            return _Raw(f'<span class="sub">no reliable node ({note})</span>')
+    if not ok.any():
+        return _Raw('<span class="sub">no finite value</span>')
+    order = [i for i in np.argsort(-np.abs(np.where(ok, v, 0)), kind="stable") if ok[i]][:k]
+    exact = col.exact
+    items = [f"{_esc(df['node'].iloc[i])} {_num(v[i])}" + (" ▢" if df["node"].iloc[i] in exact else "")
+             for i in order]
+    tail = f'<br><span class="sub">{note}</span>' if note else ""
+    return _Raw('<span class="nodes">' + "<br>".join(items) + "</span>" + tail)
+
+
+def _agreement_cell(a: dict) -> _Raw:
+    if not a or a.get("role") == "reference":
+        return _Raw('<span class="sub">the reference</span>' if a else "–")
+    if a.get("verdict") == "not checked" or "spearman_abs" not in a:
+        return _Raw('<span class="sub">–</span>')
+    r = "Pearson" if a.get("signed", True) else "Pearson of |v|"
+    parts = [f"Spearman |v| <b>{a['spearman_abs']:.2f}</b>", f"{r} <b>{a['pearson']:.2f}</b>",
+             f"top-{a['top_k']} overlap {a['top_overlap']:.0%}", f"{a['n']} nodes"]
+    if a.get("per_pair_spearman") is not None and np.isfinite(a.get("per_pair_spearman", np.nan)):
+        parts.insert(3, f"per pair {a['per_pair_spearman']:.2f}")
+    return _Raw("<br>".join(parts))
+
+
+def _headline_rows(cols) -> list:
     rows = []
-    for name, result in results.items():
-        for col in columns((result,)):
-            df = col.df
-            v = df["value"].to_numpy(float)
-            finite = np.isfinite(v)
-            order = np.argsort(-np.abs(np.where(finite, v, 0)))[:5]
-            top = ", ".join(f"{df['node'].iloc[i]} ({_num(v[i])})" for i in order if finite[i])
-            units = f"score, {col.normalization}" if col.is_score else f"units of y = {col.metric or 'y'}"
-            extra = ""
-            if "status" in df.columns:
-                counts = df["status"].astype(str).value_counts()
-                extra = ", ".join(f"{c} {s}" for s, c in counts.items())
-            rows.append([name, col.title, units, int(len(df)), int(finite.sum()),
-                         float(np.nanmean(np.abs(v))) if finite.any() else float("nan"),
-                         top_share(v), top, extra])
+    for col in cols:
+        a = col.agreement or {}
+        units = f"score, {col.normalization}" if col.is_score else f"AIE, units of {col.metric or 'y'}"
+        what = _Raw(f"<b>{_esc(col.title)}</b><br><span class=\"sub\">{_esc(col.subtitle)}<br>"
+                    f"{_esc(col.how)}<br>{_esc(units)}</span>")
+        v, line = a.get("verdict", "not checked"), a.get("line", "")
+        line = line[len(v) + 2:] if line.startswith(f"{v}: ") else line
+        verdict = _Raw(f"{_badge(v)}<br>{_esc(line[:1].upper() + line[1:])}")
+        rows.append([what, _top_nodes(col), _agreement_cell(a), verdict])
+    return rows
+
+
+def _reason_rows(result) -> list:
+    df = frame(result)
+    if "reason" not in df.columns:
+        return []
+    methods = list(dict.fromkeys(df["method"]))
+    tally: dict = {}
+    for method in methods:
+        for reason in df[df["method"] == method]["reason"]:
+            for part in (reason.split("; ") if isinstance(reason, str) and reason else ()):
+                key = part.split(" (")[0]
+                tally.setdefault(key, dict.fromkeys(methods, 0))[method] += 1
+    rows = [[k] + [tally[k][m] for m in methods] for k in sorted(tally, key=lambda k: -sum(tally[k].values()))]
+    if "reliable" in df.columns:
+        rows.append([_Raw("<b>reliable</b>")] + [int(df[df["method"] == m]["reliable"].astype(bool).sum())
+                                               for m in methods])
     return rows
 
 
@@ -141,11 +232,12 @@ def _settings_rows(results: dict, settings: dict | None) -> list:
         own = getattr(result, "settings", None)  # e.g. MediationResult.settings
         if isinstance(own, dict):
             rows += [[f"{name}.{k}", _fmt_setting(v)] for k, v in own.items()]
-        for attr in ("direction", "method", "metric", "outcome", "outcome_name", "query", "stratified"):
+        for attr in ("direction", "method", "metric", "outcome", "outcome_name", "query", "stratified", "tag",
+                     "checked", "seconds"):
             v = getattr(result, attr, None)
-            if isinstance(v, (str, bool, int, float)):
+            if isinstance(v, (str, bool, int, float)) or (attr == "seconds" and isinstance(v, dict)):
                 rows.append([f"{name}.{attr}", _fmt_setting(v)])
-        for attr in ("raw", "effects"):
+        for attr in ("raw", "effects", "exact_effects"):
             v = getattr(result, attr, None)
             if getattr(v, "ndim", 0) == 2:
                 rows.append([f"{name}.n_pairs", int(v.shape[0])])
@@ -157,28 +249,26 @@ def _fmt_setting(v) -> str:
     if isinstance(v, (list, tuple)):
         return ", ".join(map(str, v))
     if isinstance(v, dict):
-        return ", ".join(f"{k}={w}" for k, w in v.items())
+        return ", ".join(f"{k}={w:.3g}" if isinstance(w, float) else f"{k}={w}" for k, w in v.items())
     return str(v)
 
 
-def _agreement_pairs(cols) -> list:
-    """Pairs of columns worth a scatter: every method against the adjusted EB-AIE (or the unadjusted one when
-    there is no adjusted), classic patching against the resample AIE, else the first two columns."""
-    by_method = {c.method: c for c in cols}
-    target = by_method.get(EB_ADJUSTED) or by_method.get(EB_UNADJUSTED)
-    pairs = []
-    if target is not None:
-        for c in cols:
-            if c is not target:
-                pairs.append((c, target))
-    if target is None or RESAMPLE in by_method:
-        ref = by_method.get(RESAMPLE) or by_method.get(RESAMPLE_STRATIFIED)
-        for c in cols:
-            if ref is not None and c is not ref and is_score(c.method):
-                pairs.append((c, ref))
-    if target is None and not pairs and len(cols) >= 2:
-        pairs.append((cols[0], cols[1]))
-    return pairs
+def _order(results: dict) -> dict:
+    """The results in the study's order: patching, resample AIE, EB-AIE (a Confirmation anywhere)."""
+    def rank(item):
+        try:
+            methods = list(frame(item[1])["method"])
+        except InputError:
+            return len(METHOD_ORDER)
+        return min((METHOD_ORDER.index(m) for m in methods if m in METHOD_ORDER), default=len(METHOD_ORDER))
+
+    return dict(sorted(results.items(), key=rank))
+
+
+def _compare_width(cols) -> int:
+    """Per-column width so that :func:`compare` is at most :data:`WIDTH` wide."""
+    n_units = len({c.units for c in cols})
+    return int(max(140, min(300, (WIDTH - 130 - 120 * n_units) / max(1, len(cols)))))
 
 
 def write_report(path: str | os.PathLike, results: dict, *, title: str = "confounded_patching report",
@@ -187,19 +277,22 @@ def write_report(path: str | os.PathLike, results: dict, *, title: str = "confou
 
     Args:
         path: the ``.html`` file to write (parent folders are created).
-        results: ``name -> result`` (``PatchingResult``, ``ResampleResult``,
-            ``MediationResult`` or a ``to_dataframe()`` table), in the order
-            the heatmap columns should appear.
+        results: ``name -> result``: ``PatchingResult`` (``cp.patch``), ``ResampleResult`` (``cp.resample``),
+            ``Confirmation`` (``cp.confirm`` of that resample result), ``MediationResult`` (``cp.mediate``) or
+            a ``to_dataframe()`` table; any may be missing. The pipeline uses the names ``"patch"``,
+            ``"resample"``, ``"confirm"``, ``"mediation"``; the names only label the settings. Columns are
+            shown in the study's order: patching, resample AIE, EB-AIE adjusted, EB-AIE unadjusted.
         title: the report's heading.
         notes: free text shown under the heading (plain text; blank lines
             separate paragraphs).
         settings: key/value pairs for the settings table (e.g. the command
             line's options).
 
-    Sections: summary table; settings; how to read this; per-node heatmaps
-    (:func:`~.plot.compare`); localization (when an AIE is present);
-    weight diagnostics (for results with ESS/imbalance/γ); agreement
-    scatters between methods.
+    Sections: headline (per method: what it is, top nodes, agreement with the exact AIE and a verdict; the
+    exact confirmation; the EB-AIE caveat), per-node effects (:func:`~.plot.compare`), agreement between
+    methods (each against the exact AIE), localization, diagnostics of the EB-AIE (by layer, with the
+    reliability thresholds, and the reasons nodes are unreliable), how to read this and settings
+    (collapsed), and what could not be shown.
 
     Returns:
         The path written.
@@ -207,51 +300,118 @@ def write_report(path: str | os.PathLike, results: dict, *, title: str = "confou
     if not isinstance(results, dict) or not results:
         raise InputError(f"results must be a non-empty dict name -> result; received {describe(results)}")
     path = Path(path)
-    cols = columns(tuple(results.values()))
-    figures: list[tuple[str, str, str]] = []  # (section title, description, html)
+    results = _order(results)
+    plain, confirmation = split_confirmation(tuple(results.values()))
+    if not plain:
+        raise InputError("results hold only a Confirmation; add the ResampleResult it confirmed (and the other "
+                         "results) to report them")
+    cols = assess(columns(plain, confirmation=confirmation), confirmation)
     skipped: list[str] = []
 
-    def add(section, description, build, div_id):
+    def figure(section, build, div_id):
         try:
-            fig = build()
+            return _figure_html(build(), div_id)
         except InputError as err:
             skipped.append(f"{section}: {err}")
-            return
-        figures.append((section, description, _figure_html(fig, div_id)))
+            return None
 
-    n_units = len({c.units for c in cols})
-    col_px = int(max(170, min(300, (1400 - 130 - 120 * n_units) / max(1, len(cols)))))
-    add("Per-node effects", "One column per method, one row per node family; hover a cell for its interval and "
-        "diagnostics.", lambda: compare(*results.values(), width_per_column=col_px), "cp-compare")
-    aie_cols = [c for c in cols if not c.is_score]
-    if aie_cols:
-        add("Localization", "How concentrated the effects are across nodes (Fotouhi et al., Figure 2).",
-            lambda: localization(*[r for r in results.values() if any(not c.is_score for c in columns((r,)))]),
-            "cp-localization")
-    for name, result in results.items():
-        df_cols = frame(result).columns
-        if any(k in df_cols for k in ("ess", "imbalance", "gamma")):
-            add(f"Weight diagnostics: {name}", "Effective sample size, imbalance and γ per node; marker colour = "
-                "solver status.", lambda r=result: diagnostics(r), f"cp-diagnostics-{len(figures)}")
+    parts: list[str] = []
+    # 2. the headline
+    parts.append('<h2 id="headline">Headline: which nodes matter, and which method to trust</h2>')
+    parts.append(_table(["method", "top nodes by |value|", "agreement with the exact AIE (this run)", "verdict"],
+                        _headline_rows(cols), cls="headline", widths=("24%", "24%", "20%", "32%")))
+    if confirmation is not None:
+        seconds = getattr(confirmation, "seconds", 0.0)
+        parts.append(f'<p class="confirm"><b>Exact confirmation</b> of the resample AIE '
+                     f"({_esc(confirmation.checked)}): {_esc(confirmation.summary())}"
+                     + (f" ({seconds:.1f} s)." if seconds else ".") + " Those nodes show their exact value in the "
+                     "heatmaps (outlined); ▢ marks exact values in the top-node lists.</p>")
+    elif any(c.is_resample and (c.agreement or {}).get("role") == "unchecked" for c in cols):
+        parts.append('<p class="caveat">The resample AIE was computed to first order and not confirmed exactly in '
+                     "this run (cp.confirm): its agreement with the exact AIE is unknown.</p>")
+    if any(c.method.startswith("eb:") for c in cols):
+        parts.append(f'<p class="caveat"><b>About the EB-AIE.</b> {_esc(EB_CAVEAT)}</p>')
+    # 3. the figures
+    parts.append('<h2 id="effects">Per-node effects</h2><p>One column per method, one row per node family; hover a '
+                 "cell for its value, interval, diagnostics and how it was computed. Each header says what the "
+                 "column is and how far it agrees with the exact AIE of this run.</p>")
+    fig = figure("Per-node effects", lambda: compare(*plain, confirmation=confirmation,
+                                                     width_per_column=_compare_width(cols)), "cp-compare")
+    if fig:
+        parts.append(f'<div class="figure">{fig}</div>')
+    ref_col = next((c for c in cols if c.is_resample and (c.agreement or {}).get("role") in ("reference",
+                                                                                             "confirmed")), None)
     scatters = []
-    for a, b in _agreement_pairs(cols):
-        try:
-            fig = agreement(a.df, b.df)
-        except InputError as err:
-            skipped.append(f"agreement {a.title} vs {b.title}: {err}")
+    if ref_col is not None:
+        ref = exact_reference(cols)
+        ref_df = ref_col.df[[n in ref for n in ref_col.df["node"]]].copy()
+        ref_df["method"] = "resample" if not ref_col.method.startswith("resample:stratified") else \
+            "resample:stratified"
+        for col in cols:
+            if col is ref_col:
+                continue
+            try:
+                sc = agreement(col.df, ref_df)
+            except InputError as err:
+                skipped.append(f"agreement {col.title} vs the exact AIE: {err}")
+                continue
+            a = col.agreement or {}
+            stats = a.get("short", "").replace("vs exact AIE: ", "")
+            sc.update_layout(width=395, height=400, margin=dict(l=60, r=10, t=70, b=50), showlegend=False,
+                             title=dict(text=f"{col.title} vs exact AIE<br><span style='font-size:12px'>{stats}"
+                                             "</span>", font=dict(size=14)))
+            sc.update_xaxes(title=dict(font=dict(size=11)))
+            sc.update_yaxes(title=dict(text="exact resample AIE", font=dict(size=11)))
+            scatters.append(_figure_html(sc, f"cp-agreement-{len(scatters)}"))
+    if scatters:
+        parts.append('<h2 id="agreement">Agreement between methods</h2><p>Each method against the exact resample '
+                     "AIE, on the nodes where this run computed it (colour = node kind).</p>")
+        parts.append('<div class="grid">' + "".join(f'<div class="figure">{s}</div>' for s in scatters) + "</div>")
+    aie_results = [r for r in plain if any(not c.is_score for c in columns((r,)))]
+    if aie_results:
+        fig = figure("Localization", lambda: localization(*aie_results), "cp-localization")
+        if fig:
+            parts.append('<h2 id="localization">Localization</h2><p>How concentrated the effects are across nodes '
+                         "(Fotouhi et al., Figure 2).</p>")
+            parts.append(f'<div class="figure">{fig}</div>')
+    # 4. diagnostics
+    for name, result in results.items():
+        if confirmation is result:
             continue
-        fig.update_layout(width=560, height=480)
-        meta = fig.layout.meta
-        fig.update_layout(title=dict(text=f"{b.title} vs {a.title}<br><sup>Spearman ρ = {meta['spearman']:.2f}, "
-                                          f"Pearson r = {meta['pearson']:.2f}, {meta['n']} nodes</sup>",
-                                     font=dict(size=13)))
-        scatters.append(_figure_html(fig, f"cp-agreement-{len(scatters)}"))
+        try:
+            df_cols = frame(result).columns
+        except InputError:
+            continue
+        if not any(k in df_cols for k in ("ess", "imbalance", "gamma")):
+            continue
+        fig = figure(f"Weight diagnostics: {name}", lambda r=result: diagnostics(r), f"cp-diagnostics-{name}")
+        if fig is None:
+            continue
+        parts.append(f'<h2 id="diagnostics-{_esc(name)}">Weight diagnostics: {_esc(name)}</h2>')
+        reasons = _reason_rows(result)
+        if reasons:
+            methods = [c.title for c in columns((result,))]
+            parts.append("<p>Why EB-AIE values are not reliable (a node can have several reasons):</p>")
+            parts.append(_table(["reason"] + methods, reasons))
+        parts.append("<p>Each point is a node, grouped by layer; dashed red lines are the thresholds of the "
+                     "<i>reliable</i> flag; colour: reliable, unreliable, or no value.</p>")
+        parts.append(f'<div class="figure">{fig}</div>')
+    # 5. reference material, collapsed
+    parts.append('<details><summary id="how-to-read">How to read this</summary>' + HOW_TO_READ + "</details>")
+    settings_rows = _settings_rows(results, settings)
+    if settings_rows:
+        parts.append('<details><summary id="settings">Settings</summary>'
+                     + _table(["setting", "value"], settings_rows) + "</details>")
+    if skipped:
+        parts.append("<h2>Not shown</h2><ul>" + "".join(f'<li class="skipped">{_esc(s)}</li>' for s in skipped)
+                     + "</ul>")
 
     from plotly.offline import get_plotlyjs  # here, not at the top: importing the report never loads plotly
 
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    parts = [
+    page = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_esc(title)}</title>", f"<style>{_CSS}</style>",
         '<script type="text/javascript">window.PlotlyConfig = {MathJaxConfig: "local"};</script>',
         f'<script type="text/javascript">{get_plotlyjs()}</script>',
@@ -261,26 +421,6 @@ def write_report(path: str | os.PathLike, results: dict, *, title: str = "confou
     ]
     if notes:
         paras = [p.strip() for p in str(notes).split("\n\n") if p.strip()]
-        parts.append('<div class="notes">' + "".join(f"<p>{_esc(p)}</p>" for p in paras) + "</div>")
-    parts.append("<h2>Summary</h2>")
-    parts.append(_table(["result", "method", "units", "nodes", "finite", "mean |value|", "top-10% share",
-                         "largest |value| (top 5)", "status"], _summary_rows(results)))
-    settings_rows = _settings_rows(results, settings)
-    if settings_rows:
-        parts.append("<h2>Settings</h2>")
-        parts.append(_table(["setting", "value"], settings_rows))
-    parts.append("<h2>How to read this</h2>")
-    parts.append(HOW_TO_READ)
-    for section, description, fig_html in figures:
-        parts.append(f"<h2>{_esc(section)}</h2><p>{_esc(description)}</p>")
-        parts.append(f'<div class="figure">{fig_html}</div>')
-    if scatters:
-        parts.append("<h2>Agreement between methods</h2><p>Node scores of two methods against each other "
-                     "(nodes matched by label; bars are intervals where available).</p>")
-        parts.append('<div class="grid">' + "".join(f'<div class="figure">{s}</div>' for s in scatters) + "</div>")
-    if skipped:
-        parts.append("<h2>Not shown</h2><ul>" + "".join(f'<li class="skipped">{_esc(s)}</li>' for s in skipped)
-                     + "</ul>")
-    parts.append("</body></html>")
-    text = "\n".join(parts)
+        page.append('<div class="notes">' + "".join(f"<p>{_esc(p)}</p>" for p in paras) + "</div>")
+    text = "\n".join(page + parts + ["</body></html>"])
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))

@@ -61,18 +61,22 @@ def report(tmp_path_factory):
     corrupt = ["w5 w6 w30 w8 w9", "w11 w40 w13 w14 w15"]
     classic = cp.patch(hf, clean, corrupt, nodes, METRIC, tokenizer=tok, progress=False)
     prompts = tiny.prompts(40, seed=3, lo=4, hi=7)
-    resampled = cp.resample(hf, prompts, nodes[::2], METRIC, n_pairs=6, tokenizer=tok, progress=False)
+    topics = [i % 2 for i in range(40)]
+    resampled = cp.resample(hf, prompts, nodes, METRIC, n_pairs=6, strata=topics, method="auto", tokenizer=tok,
+                            progress=False)
+    check = cp.confirm(hf, prompts, resampled, METRIC, top_k=4, n_random=2, tokenizer=tok, progress=False)
     med = cp.mediate(hf, prompts, nodes, outcome=METRIC, n_topics=2, K=10, d_q=2, d_n=2, n_boot=10, tokenizer=tok,
                      progress=False)
     path = tmp_path_factory.mktemp("report") / "report.html"
-    results = {"classic": classic, "resample": resampled, "mediation": med}
-    write_report(path, results, title="Browser test")
+    results = {"patch": classic, "resample": resampled, "confirm": check, "mediation": med}
+    write_report(path, results, title="Browser test", settings={"seed": 0})
     return path, results
 
 
 def _drawable(results) -> tuple[int, int]:
     """(heatmap layers with at least one finite cell, of which no-value masks) in the report's compare figure."""
-    fig = cp.plot.compare(*results.values())
+    fig = cp.plot.compare(results["patch"], results["resample"], results["mediation"],
+                          confirmation=results["confirm"])
     drawn = [t for t in fig.data if t.type == "heatmap" and np.isfinite(np.asarray(t.z, dtype=float)).any()]
     return len(drawn), sum(t.name.startswith("not identifiable") for t in drawn)
 
@@ -101,18 +105,34 @@ def test_report_draws_every_figure_without_javascript_errors(chromium, report, t
     assert len(re.findall(r'<g class="hm"[^>]*><image', dom)) == layers
     assert "not identifiable / infeasible balance" in dom and "not computed" in dom
     assert "colorbar" in dom and "Classic patching (denoise)" in dom and "EB-AIE adjusted" in dom
+    assert "exact resample AIE (outlined)" in dom and "first order (heads) + exact (MLP, resid)" in dom
+
+
+def test_report_fits_a_1280_pixel_window(chromium, report, tmp_path):
+    """No horizontal scroll in a 1,280 px window (1,265 px of it beside a scrollbar); the check itself can fail."""
+    report, _ = report
+    probe = "<script>window.addEventListener('load', () => document.body.setAttribute('data-scroll-width', " \
+            "document.documentElement.scrollWidth))</script></body>"
+    widths = {}
+    for name, extra in (("report", ""), ("wide", '<div style="width:1400px">x</div>')):
+        page = tmp_path / f"{name}.html"
+        page.write_text(report.read_text().replace("</body>", extra + probe))
+        dom = _open(chromium, page, tmp_path, "--dump-dom", "--window-size=1265,1000").stdout
+        widths[name] = int(re.search(r'data-scroll-width="(\d+)"', dom).group(1))
+    assert widths["wide"] > 1265  # a page that is too wide is detected
+    assert widths["report"] <= 1265, widths
 
 
 def test_report_screenshot(chromium, report, tmp_path):
     report, _ = report
     shot = tmp_path / "report.png"
-    result = _open(chromium, report, tmp_path, f"--screenshot={shot}", "--window-size=1400,2000",
+    result = _open(chromium, report, tmp_path, f"--screenshot={shot}", "--window-size=1280,4000",
                    "--hide-scrollbars")
     assert shot.exists(), result.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (1400, 2000)
+    assert (width, height) == (1280, 4000)
     assert len(data) > 100_000  # a page of tables and heatmaps, not a blank one
     assert not _js_errors(result.stderr)
     print(f"screenshot: {shot}")

@@ -18,22 +18,30 @@ import numpy as np
 
 from ..errors import InputError, describe
 from ..results import (EB_ADJUSTED, EB_UNADJUSTED, LONG_FORM_COLUMNS, PATCH_ATTRIBUTION, PATCH_EXACT, RESAMPLE,
-                       RESAMPLE_STRATIFIED, is_score)
+                       RESAMPLE_METHODS, RESAMPLE_STRATIFIED, is_exact_resample, is_score)
 
-__all__ = ["METHOD_TITLES", "METHOD_ORDER", "STATUS_COLORS", "FAMILY_TITLES", "Column", "frame", "columns",
-           "normalization", "fmt", "hover_text", "pos_sort_key", "pos_label", "colorbar_title", "as_float",
-           "plotly_modules"]
+__all__ = ["METHOD_TITLES", "METHOD_ORDER", "STATUS_COLORS", "FAMILY_TITLES", "KIND_NAMES", "Column", "frame",
+           "columns", "split_confirmation", "is_confirmation", "is_resample", "normalization", "fmt", "hover_text",
+           "pos_sort_key", "pos_label", "colorbar_title", "as_float", "plotly_modules"]
+
+_RESAMPLE_TAGS = {f"{base}:{m}": base for m in RESAMPLE_METHODS for base in (RESAMPLE, RESAMPLE_STRATIFIED)}
 
 #: Default column titles per ``method`` value of ``to_dataframe()``.
 METHOD_TITLES = {
     PATCH_EXACT: "Classic patching",
     PATCH_ATTRIBUTION: "Attribution patching",
     RESAMPLE: "Resample AIE",
-    RESAMPLE_STRATIFIED: "Resample AIE (within topic)",
-    EB_UNADJUSTED: "EB-AIE unadjusted",
+    RESAMPLE_STRATIFIED: "Resample AIE",
+    **{tag: "Resample AIE" for tag in _RESAMPLE_TAGS},
     EB_ADJUSTED: "EB-AIE adjusted",
+    EB_UNADJUSTED: "EB-AIE unadjusted",
 }
-METHOD_ORDER = list(METHOD_TITLES)
+#: The order of a result's columns, and of the report's: patching, the interventional AIE, then the EB-AIE
+#: adjusted and unadjusted.
+METHOD_ORDER = [PATCH_EXACT, PATCH_ATTRIBUTION, *_RESAMPLE_TAGS, RESAMPLE_STRATIFIED, RESAMPLE, EB_ADJUSTED,
+                EB_UNADJUSTED]
+#: Node kinds as column headers name them.
+KIND_NAMES = {"head": "heads", "mlp": "MLP", "resid": "resid"}
 
 #: Marker colour of each solver status in :func:`~.summaries.diagnostics`.
 STATUS_COLORS = {"converged": "#1b9e77", "max_iter": "#e6ab02", "infeasible": "#d62728", "none": "#7f7f7f"}
@@ -61,9 +69,18 @@ class Column:
     normalization: str | None = None
     metric: str | None = None
 
+    subtitle: str = ""  # what kind of estimate: "interventional · topic-stratified", "observational" ...
+    how: str = ""  # how it was computed: "first order: heads · exact: MLP, resid"
+    exact: set = field(default_factory=set)  # labels of nodes whose value is an exact resample AIE (mixed columns)
+    agreement: dict | None = None  # agreement with the exact AIE of this run (:func:`~.summaries.assess`)
+
     @property
     def is_score(self) -> bool:
         return is_score(self.method)
+
+    @property
+    def is_resample(self) -> bool:
+        return is_resample(self.method)
 
     @property
     def units(self) -> tuple:
@@ -115,10 +132,115 @@ def normalization(result, df) -> str:
     return "(patched − clean) / (clean − corrupt)" if direction == "noise" else "(patched − corrupt) / (clean − corrupt)"
 
 
-def columns(results, titles=None) -> list[Column]:
-    """Expand results into heatmap columns, one per method (a MediationResult gives two)."""
+def is_resample(tag: str) -> bool:
+    """Whether a method tag is a resample (interventional) AIE, exact or first order."""
+    return is_exact_resample(tag) or tag in _RESAMPLE_TAGS
+
+
+def is_confirmation(obj) -> bool:
+    """Whether ``obj`` is a :class:`~confounded_patching.interventions.confirm.Confirmation` (by its fields)."""
+    return all(hasattr(obj, a) for a in ("exact", "estimate", "selected", "checked", "exact_se"))
+
+
+def split_confirmation(results, confirmation=None):
+    """(the results without Confirmations, the one Confirmation among them or ``confirmation``)."""
     if len(results) == 1 and isinstance(results[0], (list, tuple)):
         results = tuple(results[0])
+    found = [r for r in results if is_confirmation(r)]
+    if confirmation is not None:
+        if not is_confirmation(confirmation):
+            raise InputError(f"confirmation must be the Confirmation of cp.confirm(...); received "
+                             f"{describe(confirmation)}")
+        found.append(confirmation)
+    if len(found) > 1:
+        raise InputError(f"give at most one Confirmation (cp.confirm); received {len(found)}")
+    return tuple(r for r in results if not is_confirmation(r)), (found[0] if found else None)
+
+
+def _kinds(names) -> str:
+    order = [k for k in ("head", "mlp", "resid") if k in names] + sorted(set(names) - set(KIND_NAMES))
+    return ", ".join(KIND_NAMES.get(k, k) for k in order)
+
+
+def _describe(col: Column, result) -> None:
+    """The column's ``subtitle`` and ``how``, from its method tag and table."""
+    df = col.df
+    if col.is_score:
+        direction = df["direction"].iloc[0] if "direction" in df.columns and len(df) else "denoise"
+        n_pairs = int(df["n_pairs"].iloc[0]) if "n_pairs" in df.columns and len(df) else None
+        col.subtitle = f"clean/corrupt pairs · {direction}" + (f" · {n_pairs} pairs" if n_pairs else "")
+        col.how = "normalized score, exact patching" if col.method == PATCH_EXACT else "normalized score, first order"
+    elif col.is_resample:
+        stratified = col.method.startswith(RESAMPLE_STRATIFIED)
+        col.subtitle = "interventional · " + ("topic-stratified" if stratified else "donors from all prompts")
+        computed = (list(df["computed"]) if "computed" in df.columns
+                    else ["exact" if is_exact_resample(col.method) else "attribution"] * len(df))
+        by = {}
+        for kind, how in zip(df["kind"], computed):
+            by.setdefault(how, []).append(kind)
+        if set(by) == {"exact"}:
+            col.how = "exact resample"
+        elif set(by) == {"attribution"}:
+            col.how = "first order (every node)"
+        else:
+            col.how = " + ".join(f"{'exact' if how == 'exact' else 'first order'} ({_kinds(set(kinds))})"
+                                 for how, kinds in sorted(by.items(), key=lambda kv: kv[0] != "attribution"))
+            col.exact = {n for n, how in zip(df["node"], computed) if how == "exact"}
+        n_pairs = int(df["n_pairs"].iloc[0]) if "n_pairs" in df.columns and len(df) else None
+        if getattr(result, "all_donors", False):
+            col.how += " · all donors"
+        elif n_pairs:
+            col.how += f" · {n_pairs} pairs"
+    elif col.method == EB_ADJUSTED:
+        col.subtitle = "observational (the paper's estimator)"
+        col.how = "balances the confounder (topics)"
+    elif col.method == EB_UNADJUSTED:
+        col.subtitle = "observational (the paper's estimator)"
+        col.how = "no confounder balanced"
+
+
+def confirm_column(cols: list[Column], confirmation) -> Column:
+    """Put a Confirmation's exact values into the column it checked; returns that column.
+
+    Confirmed nodes keep their first-order value as ``estimate`` and are marked exact (outlined by
+    :func:`~.heatmaps.compare`).
+    """
+    target = [c for c in cols if c.method == confirmation.checked]
+    if not target:
+        raise InputError(f"the Confirmation checks a {confirmation.checked!r} result, but no column is one (the "
+                         f"columns are {[c.method for c in cols]}); pass the ResampleResult it confirmed")
+    col = target[0]
+    df = col.df.copy()
+    index = {n: i for i, n in enumerate(df["node"])}
+    if "estimate" not in df.columns:
+        df["estimate"] = np.nan
+    if "computed" not in df.columns:
+        df["computed"] = "exact" if is_exact_resample(col.method) else "attribution"
+    df["computed"] = df["computed"].astype(object)
+    for node, exact, se, est in zip(confirmation.nodes, confirmation.exact, confirmation.exact_se,
+                                    confirmation.estimate):
+        i = index.get(node.label)
+        if i is None:
+            continue
+        df.loc[i, "estimate"] = float(est)
+        df.loc[i, "value"] = float(exact)
+        if "se" in df.columns:
+            df.loc[i, "se"] = float(se)
+        df.loc[i, "computed"] = "exact (confirmation)"
+        col.exact.add(node.label)
+    col.df = df
+    if confirmation.nodes:
+        col.how += f" · {len(confirmation.nodes)} confirmed"
+    return col
+
+
+def columns(results, titles=None, confirmation=None) -> list[Column]:
+    """Expand results into heatmap columns, one per method (a MediationResult gives two: adjusted, then unadjusted).
+
+    A Confirmation (``cp.confirm``) among ``results``, or as ``confirmation``, is no column: its exact values
+    replace the first-order ones of the column it checked, where they are marked exact.
+    """
+    results, confirmation = split_confirmation(tuple(results), confirmation)
     if not results:
         raise InputError("give at least one result, e.g. compare(classic, med)")
     cols: list[Column] = []
@@ -136,7 +258,10 @@ def columns(results, titles=None) -> list[Column]:
                 col.normalization = normalization(result, sub)
                 if "direction" in sub.columns and method == PATCH_EXACT:
                     col.title = f"{col.title} ({sub['direction'].iloc[0]})"
+            _describe(col, result)
             cols.append(col)
+    if confirmation is not None:
+        confirm_column(cols, confirmation)
     seen: dict[str, int] = {}
     for col in cols:  # keep titles unique
         seen[col.title] = seen.get(col.title, 0) + 1
@@ -179,6 +304,10 @@ def hover_text(row, title: str) -> str:
         lines.append(f"95% interval: [{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]")
     if get("se") is not None:
         lines.append(f"se: {fmt(row['se'])}")
+    if get("computed") is not None:
+        how = {"attribution": "first order"}.get(row["computed"], row["computed"])
+        lines.append(f"computed: {how}" + (f" (first-order estimate {fmt(row['estimate'])})"
+                                           if get("estimate") is not None else ""))
     diag = [f"{name} {fmt(row[k])}" for k, name in (("ess", "ESS"), ("gamma", "γ"), ("imbalance", "imbalance"))
             if get(k) is not None]
     if diag:

@@ -3,12 +3,18 @@
 - :func:`localization` — per-node |AIE| sorted by magnitude, unadjusted
   versus adjusted, and the share of the total |AIE| held by the top 10% of
   nodes (Fotouhi et al. 2024, Figure 2); :func:`top_share` is that share.
-- :func:`diagnostics` — ESS, imbalance, γ and winsorized share per node,
-  coloured by solver status.
+- :func:`diagnostics` — the EB-AIE's diagnostics per node grouped by layer
+  (canonical correlation with the query, pair-weight ESS, ESS, imbalance, γ,
+  winsorized share), with the thresholds of the ``reliable`` flag drawn.
 - :func:`agreement` — two methods' node scores against each other, with
   Spearman and Pearson correlations (:func:`correlations`).
+- :func:`assess` — each column's agreement with the exact (interventional)
+  AIE of the run, and a verdict: ``"trust"``, ``"caution"``,
+  ``"do not trust"`` (the rule of :func:`~confounded_patching.interventions.confirm.verdict`),
+  ``"exact"`` or ``"not checked"``.
 - :func:`save` — self-contained HTML (plotly.js embedded, works offline) or
-  PNG (needs kaleido and a Chrome/Chromium).
+  PNG (needs kaleido and a Chrome/Chromium); :func:`show` — a notebook's
+  renderer, else a browser.
 """
 
 from __future__ import annotations
@@ -22,10 +28,14 @@ import numpy as np
 
 from ..errors import InputError, describe
 from ..results import EB_ADJUSTED, EB_UNADJUSTED, atomic_write
-from .frames import (FAMILY_TITLES, METHOD_TITLES, STATUS_COLORS, as_float, columns, fmt, frame, hover_text,
-                     plotly_modules)
+from .frames import (FAMILY_TITLES, METHOD_TITLES, STATUS_COLORS, Column, as_float, columns, fmt, frame,
+                     hover_text, plotly_modules)
 
-__all__ = ["top_share", "localization", "diagnostics", "agreement", "correlations", "save"]
+__all__ = ["top_share", "localization", "diagnostics", "RELIABILITY_COLORS", "agreement", "correlations", "assess", "exact_reference",
+           "VERDICTS", "save", "show"]
+
+#: The verdicts of :func:`assess`, from best to worst, and ``"exact"`` / ``"not checked"``.
+VERDICTS = ("exact", "trust", "caution", "do not trust", "not checked")
 
 
 def top_share(values, top: float = 0.1) -> float:
@@ -108,79 +118,170 @@ def localization(*results, top: float = 0.1):
     return fig
 
 
+#: Marker colour of a node in :func:`diagnostics`: reliable, flagged unreliable, or without a value.
+RELIABILITY_COLORS = {"reliable": "#1b9e77", "unreliable": "#e6ab02", "no value": "#d62728"}
+_KIND_OFFSET = {"resid": -0.3, "mlp": 0.3}
+
+
+def _rule(result) -> dict:
+    """The thresholds of the ``reliable`` flag the result was computed with (the defaults for a table)."""
+    for name in ("adjusted", "unadjusted"):
+        rule = getattr(getattr(result, name, None), "reliability", None)
+        if rule:
+            return dict(rule)
+    from ..estimation.reliability import ReliabilityRule
+
+    return ReliabilityRule().to_dict()
+
+
+def _layer_x(df) -> np.ndarray:
+    """x of each node: its layer, residual stream left, heads spread in the middle, MLP right."""
+    heads = [h for h in df["head"] if h is not None]
+    n_heads = max(heads) + 1 if heads else 1
+    x = []
+    for kind, layer, head in zip(df["kind"], df["layer"], df["head"]):
+        if kind == "head" and head is not None:
+            off = -0.18 + 0.36 * (head / max(1, n_heads - 1))
+        else:
+            off = _KIND_OFFSET.get(kind, 0.0)
+        x.append(layer + off)
+    return np.asarray(x, float)
+
+
 def diagnostics(result):
-    """ESS, imbalance, γ and winsorized share per node, marker colour = solver status.
+    """The EB-AIE's diagnostics per node, grouped by layer, with the thresholds of the ``reliable`` flag drawn.
 
     Args:
-        result: a ``MediationResult`` (both estimators are drawn, circles =
-            adjusted, crosses = unadjusted) or a table with ``ess``,
-            ``imbalance``, ``gamma`` and ``status`` columns.
+        result: a ``MediationResult`` (both estimators: circles = adjusted, crosses = unadjusted) or a table
+            with ``ess`` / ``imbalance`` / ``gamma`` columns (and ``query_corr``, ``pair_ess``, ``reliable``,
+            ``status`` when it has them).
 
-    Reading it: a small ESS means few prompts carry the weights (noisy
-    estimates); a large imbalance or status ``max_iter``/``infeasible`` means
-    the balancing constraints were not met (the estimate is unreliable or
-    NaN); γ is the tolerance the rule chose (large γ shrinks the AIE toward
-    0). The dashed line is the ESS floor of the γ rule when known.
+    x = layer: within a layer the residual stream sits left, the heads in the middle (by head index) and
+    the MLP right, so hundreds of nodes stay readable. Marker colour: reliable, unreliable, or no value
+    (infeasible balance, not identifiable). Panels and their thresholds (:mod:`~confounded_patching.estimation.reliability`,
+    drawn as dashed red lines):
+
+    - canonical correlation of node and query: unreliable above ``max_query_corr`` (0.7): the node is
+      nearly determined by the query, there is no overlap to reweight;
+    - pair-weight ESS as a share of n·K: unreliable below ``min_pair_ess`` (1e-3): the estimate rests on a
+      handful of pairs;
+    - ESS of the node's weights as a share of the prompts, with the topic model's ESS (adjusted: unreliable
+      when it is below ``min_ess_x``, 10%, of the prompts: topics barely overlap in query space);
+    - imbalance ‖Gᵀw‖∞, γ chosen and the winsorized share (no threshold; status ``infeasible`` or
+      ``max_iter`` makes a node unreliable whatever they say).
+
+    ``fig.layout.meta`` holds the thresholds (``"rule"``) and, per estimator, the count of each reason.
     """
     go, make_subplots = plotly_modules()
     df = frame(result)
-    panels = [(k, t) for k, t in (("ess", "ESS"), ("imbalance", "imbalance ‖Gᵀw‖∞"), ("gamma", "γ chosen"),
-                                  ("winsorized", "winsorized share")) if k in df.columns]
     if not any(k in df.columns for k in ("ess", "imbalance", "gamma")):
         raise InputError(f"diagnostics needs ess / imbalance / gamma columns (a MediationResult); "
                          f"{type(result).__name__} has {list(df.columns)}")
-    fig = make_subplots(rows=len(panels), cols=1, shared_xaxes=True, vertical_spacing=0.05,
-                        subplot_titles=[t for _, t in panels])
-    order = list(dict.fromkeys(df["node"]))
-    symbols = {EB_ADJUSTED: "circle", EB_UNADJUSTED: "x"}
-    if "status" not in df.columns:
-        df["status"] = "none"
+    rule = _rule(result)
+    n = float(df["n"].iloc[0]) if "n" in df.columns and len(df) else float("nan")
+    if "ess" in df.columns and math.isfinite(n) and n > 0:
+        df["ess_share"] = as_float(df["ess"]) / n
+    catalog = [("query_corr", "canonical correlation of node and query"),
+               ("pair_ess", "pair-weight ESS (share of n·K, log)"),
+               ("ess_share" if "ess_share" in df.columns else "ess",
+                "ESS of the node's weights (share of prompts)" if "ess_share" in df.columns else "ESS"),
+               ("imbalance", "imbalance ‖Gᵀw‖∞ (log)"), ("gamma", "γ chosen"), ("winsorized", "winsorized share")]
+    panels = [(k, t) for k, t in catalog if k in df.columns and np.isfinite(as_float(df[k])).any()]
+    n_rows = (len(panels) + 1) // 2
+    fig = make_subplots(rows=n_rows, cols=2, shared_xaxes=True, vertical_spacing=0.12 / max(1, n_rows - 1) + 0.04,
+                        horizontal_spacing=0.08, subplot_titles=[t for _, t in panels])
+    value = as_float(df["value"])
+    reliable = (df["reliable"].astype(bool).to_numpy() if "reliable" in df.columns
+                else np.isfinite(value))
+    category = np.where(~np.isfinite(value), "no value", np.where(reliable, "reliable", "unreliable"))
+    x = _layer_x(df)
+    symbols = {EB_ADJUSTED: "circle", EB_UNADJUSTED: "x-thin-open"}
+    where = {k: (i // 2 + 1, i % 2 + 1) for i, (k, _) in enumerate(panels)}
     for method in dict.fromkeys(df["method"]):
-        sub = df[df["method"] == method]
+        m = (df["method"] == method).to_numpy()
         title = METHOD_TITLES.get(method, method)
-        colors = [STATUS_COLORS.get(str(s), "#7f7f7f") for s in sub["status"]]
-        hover = [hover_text(rec, title) for rec in sub.to_dict("records")]
         symbol = symbols.get(method, "diamond")
+        recs = df[m].to_dict("records")
+        hover = [hover_text(rec, title) for rec in recs]
+        colors = [RELIABILITY_COLORS[c] for c in category[m]]
+        marker = dict(color=colors, symbol=symbol, size=6 if symbol == "circle" else 7,
+                      line=dict(width=1.2 if symbol != "circle" else 0.4, color=colors if symbol != "circle" else "#333"))
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=title, legendgroup=method,
-                                 marker=dict(color="#bbbbbb", symbol=symbol, size=8, line=dict(width=1, color="#333"))),
+                                 marker=dict(color="#888", symbol=symbol, size=8, line=dict(width=1.2, color="#444"))),
                       row=1, col=1)
-        for r, (k, t) in enumerate(panels, start=1):
-            fig.add_trace(go.Scatter(x=sub["node"], y=as_float(sub[k]), mode="markers", name=title,
-                                     legendgroup=method, showlegend=False,
-                                     marker=dict(color=colors, symbol=symbol, size=6,
-                                                 line=dict(width=0.5, color="#333")),
-                                     text=hover, hovertemplate="%{text}<extra></extra>"), row=r, col=1)
-    for status, color in STATUS_COLORS.items():  # legend entries of the status colours
-        if status in set(map(str, df["status"])):
-            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=f"status: {status}",
-                                     marker=dict(color=color, size=8)), row=1, col=1)
-    floor = _ess_floor(result)
-    if floor is not None and panels[0][0] == "ess":
-        fig.add_hline(y=floor, line=dict(color="#555", dash="dash", width=1), row=1, col=1,
-                      annotation_text="ESS floor of the γ rule", annotation_position="top left")
-    counts = df.drop_duplicates(["node", "method"])["status"].value_counts()
-    status_text = ", ".join(f"{v} {k}" for k, v in counts.items())
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=order, tickfont=dict(size=8))
-    for r, (k, _) in enumerate(panels, start=1):
-        if k == "winsorized":
-            fig.update_yaxes(range=[0, 1], tickformat=".0%", row=r, col=1)
-    fig.update_xaxes(title_text="node (forward order)", row=len(panels), col=1)
+        for k, _ in panels:
+            r, c = where[k]
+            fig.add_trace(go.Scatter(x=x[m], y=as_float(df[k])[m], mode="markers", name=title, legendgroup=method,
+                                     showlegend=False, marker=marker, text=hover,
+                                     hovertemplate="%{text}<extra></extra>"), row=r, col=c)
+    for cat, color in RELIABILITY_COLORS.items():
+        if (category == cat).any():
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=cat, marker=dict(color=color, size=9)),
+                          row=1, col=1)
+    red = dict(color="#c62828", dash="dash", width=1.3)
+    if "query_corr" in where:
+        r, c = where["query_corr"]
+        fig.add_hline(y=rule["max_query_corr"], line=red, row=r, col=c, annotation_text=(
+            f"unreliable above {rule['max_query_corr']:g}: node nearly determined by the query"),
+            annotation_position="bottom left", annotation_font=dict(size=10, color="#c62828"))
+        fig.update_yaxes(range=[0, 1.05], row=r, col=c)
+    if "pair_ess" in where:
+        r, c = where["pair_ess"]
+        fig.add_hline(y=rule["min_pair_ess"], line=red, row=r, col=c)
+        sp = fig.get_subplot(r, c)  # on a log axis an annotation's y is the exponent (add_hline misplaces it)
+        fig.add_annotation(x=0, xref=f"{sp.xaxis.plotly_name.replace('axis', '')} domain",
+                           y=math.log10(rule["min_pair_ess"]), yref=sp.yaxis.plotly_name.replace("axis", ""),
+                           text=f"unreliable below {rule['min_pair_ess']:g}: a handful of pairs carry it",
+                           showarrow=False, xanchor="left", yanchor="bottom", font=dict(size=10, color="#c62828"))
+        fig.update_yaxes(type="log", dtick=1, exponentformat="power", row=r, col=c)
+    if "ess_share" in where:
+        r, c = where["ess_share"]
+        fig.update_yaxes(range=[0, 1.05], tickformat=".0%", row=r, col=c)
+        ess_x = as_float(df["ess_x"]) if "ess_x" in df.columns else np.array([np.nan])
+        ess_x = ess_x[np.isfinite(ess_x)]
+        if ess_x.size:
+            fig.add_hline(y=rule["min_ess_x"], line=red, row=r, col=c, annotation_font=dict(size=10, color="#c62828"),
+                          annotation_text=f"adjusted unreliable if the topic model's ESS is below {rule['min_ess_x']:.0%}",
+                          annotation_position="bottom left")
+            fig.add_hline(y=float(ess_x[0]) / n, line=dict(color="#555", dash="dot", width=1.2), row=r, col=c,
+                          annotation_text=f"topic model's ESS: {ess_x[0]:.0f} of {n:.0f}",
+                          annotation_position="top right", annotation_font=dict(size=10, color="#555"))
+    if "imbalance" in where:
+        r, c = where["imbalance"]
+        fig.update_yaxes(type="log", dtick=1, exponentformat="power", row=r, col=c)
+    if "winsorized" in where:
+        r, c = where["winsorized"]
+        fig.update_yaxes(range=[0, 1], tickformat=".0%", row=r, col=c)
+    layers = sorted(set(df["layer"]))
+    dtick = 1 if len(layers) <= 16 else 2 if len(layers) <= 32 else 5
+    fig.update_xaxes(range=[min(layers) - 0.5, max(layers) + 0.5], dtick=dtick, tick0=0, showgrid=False,
+                     zeroline=False)
+    for c in (1, 2):
+        fig.update_xaxes(title_text="layer (resid left · heads middle · MLP right)", title_font=dict(size=11),
+                         row=n_rows, col=c)
+    for lay in layers[1:]:  # faint separators between layers
+        fig.add_vline(x=lay - 0.5, line=dict(color="#e4e4e4", width=1), row="all", col="all")
+    counts = {}
+    if "reason" in df.columns:
+        for method in dict.fromkeys(df["method"]):
+            sub = df[df["method"] == method]
+            tally = {}
+            for reason in sub["reason"]:
+                for part in reason.split("; ") if isinstance(reason, str) and reason else ():
+                    key = part.split(" (")[0]
+                    tally[key] = tally.get(key, 0) + 1
+            counts[METHOD_TITLES.get(method, method)] = dict(sorted(tally.items(), key=lambda kv: -kv[1]))
+    summary = " · ".join(f"{t}: {int(((df['method'] == m).to_numpy() & (category != 'reliable')).sum())} of "
+                         f"{int((df['method'] == m).sum())} not reliable"
+                         for m, t in ((m, METHOD_TITLES.get(m, m)) for m in dict.fromkeys(df["method"])))
     fig.update_layout(
-        title=dict(text=f"Weight diagnostics per node<br><sup>status (node × estimator): {status_text}</sup>",
+        title=dict(text="Weight diagnostics per node, by layer", subtitle=dict(text=summary, font=dict(size=12)),
                    x=0.01),
-        height=220 * len(panels) + 120, width=1300, template="plotly_white",
-        legend=dict(orientation="h", y=1.06, x=1, xanchor="right"),
+        height=250 * n_rows + 200, width=1200, template="plotly_white", margin=dict(t=100, l=60, r=20, b=110),
+        legend=dict(orientation="h", yref="container", y=0, yanchor="bottom", x=0, xanchor="left"),
+        meta={"rule": rule, "reasons": counts},
     )
     return fig
-
-
-def _ess_floor(result):
-    for name in ("adjusted", "unadjusted"):
-        tab = getattr(result, name, None)
-        rule = getattr(tab, "gamma_rule", None) or {}
-        if "ess_floor" in rule and getattr(tab, "n", None):
-            return float(rule["ess_floor"]) * float(tab.n)
-    return None
 
 
 def _pick(result, method, argument):
@@ -284,3 +385,139 @@ def save(fig, path: str | os.PathLike, *, scale: float = 2.0) -> Path:
         data = fig.to_image(format=suffix.lstrip(".").replace("jpg", "jpeg"), scale=scale)
         return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     raise InputError(f"path must end in .html, .png, .svg, .pdf, .jpg or .webp; received {str(path)!r}")
+
+
+# ----------------------------------------------------------------------------- agreement with the exact AIE
+
+
+def exact_reference(cols: list[Column]) -> dict:
+    """``node label -> exact resample AIE`` of this run: a resample column's exactly computed nodes (those of a
+    Confirmation included, see :func:`~.frames.columns`); the first resample column that has any."""
+    for col in cols:
+        if not col.is_resample:
+            continue
+        df = col.df
+        if col.exact:
+            keep = [n in col.exact for n in df["node"]]
+        elif "computed" in df.columns:
+            keep = [str(c).startswith("exact") for c in df["computed"]]
+        else:
+            keep = [col.method in ("resample", "resample:stratified")] * len(df)
+        ref = {n: float(v) for n, v, k in zip(df["node"], df["value"], keep) if k and np.isfinite(v)}
+        if ref:
+            return ref
+    return {}
+
+
+def _short(stats: dict, verdict: str, signed: bool) -> str:
+    r = "r" if signed else "r of |v|"
+    return (f"vs exact AIE: ρ|v| {stats['spearman_abs']:.2f} · {r} {stats['pearson']:.2f} · "
+            f"{stats['n']} nodes · {verdict}")
+
+
+def _compare_values(col: Column, ref: dict) -> dict:
+    from ..interventions.confirm import agreement as agree
+    from ..interventions.confirm import verdict as judge
+
+    values = dict(zip(col.df["node"], col.df["value"]))
+    common = [n for n in ref if n in values]
+    est = np.array([values[n] for n in common], float)
+    ex = np.array([ref[n] for n in common], float)
+    missing = int(len(ref) - np.isfinite(est).sum())
+    signed = not col.is_score
+    stats = agree(est, ex)
+    if not signed:  # a patching score is not an AIE: compare which nodes matter, by |value|
+        ok = np.isfinite(est) & np.isfinite(ex)
+        _, stats["pearson"] = correlations(np.abs(est[ok]), np.abs(ex[ok]))
+    stats.update(role="compared", signed=signed, n_reference=len(ref), missing=missing)
+    if stats["n"] < 3:
+        stats.update(verdict="not checked", short=f"vs exact AIE: {stats['n']} of {len(ref)} nodes have a value",
+                     line=f"not checked: only {stats['n']} of the {len(ref)} nodes with an exact AIE have a value")
+        return stats
+    stats["verdict"] = judge(stats)
+    stats["short"] = _short(stats, stats["verdict"], signed)
+    gap = f"; {missing} of those {len(ref)} nodes have no value" if missing else ""
+    stats["line"] = (f"{stats['verdict']}: on the {stats['n']} nodes with an exact AIE, Spearman of |value| "
+                     f"{stats['spearman_abs']:.2f}, Pearson{'' if signed else ' of |value|'} {stats['pearson']:.2f}, "
+                     f"top-{stats['top_k']} overlap {stats['top_overlap']:.0%}{gap}")
+    return stats
+
+
+def assess(cols: list[Column], confirmation=None) -> list[Column]:
+    """Set each column's ``agreement``: how far it agrees with the exact AIE of this run, and a verdict.
+
+    - the resample column a Confirmation checked: the Confirmation's own ``agreement`` and ``verdict`` (its
+      first-order values against the exact ones on its top and random nodes);
+    - a resample column computed exactly on every node: ``"exact"`` (it is the reference);
+    - every other column: its values against the exact values (:func:`exact_reference`) on the same nodes,
+      with :func:`~confounded_patching.interventions.confirm.agreement` (Spearman of ``|value|``, Pearson,
+      top-k overlap) and the same verdict rule (``"trust"``: Spearman of ``|value|`` and Pearson at least 0.9
+      on at least 10 nodes; ``"caution"``: at least 0.7). A patching score is not in the AIE's units or sign
+      convention, so its Pearson correlation is that of ``|value|``.
+
+    Dict keys: ``verdict``, ``short`` (a few words for a column header), ``line`` (one sentence), the
+    statistics (``n``, ``spearman_abs``, ``pearson``, ``top_overlap``, ``top_k`` ...) and ``role``
+    (``"reference"``, ``"confirmed"``, ``"compared"`` or ``"unchecked"``).
+    """
+    ref = exact_reference(cols)
+    for col in cols:
+        fast = col.is_resample and (bool(col.exact) or ("computed" in col.df.columns and
+                                                        any(c == "attribution" for c in col.df["computed"])))
+        if col.is_resample and not fast:
+            n = int(np.isfinite(col.df["value"]).sum())
+            col.agreement = dict(role="reference", verdict="exact", n=n, short=f"exact on all {n} nodes: the reference",
+                                 line=f"exact: the interventional AIE itself, computed by intervention on {n} nodes")
+        elif col.is_resample and confirmation is not None and col.method == confirmation.checked:
+            a = dict(confirmation.agreement) if confirmation.nodes else {"n": 0}
+            verdict = confirmation.verdict
+            a.update(role="confirmed", verdict=verdict, signed=True)
+            if verdict == "exact":
+                a.update(short="every node exact", line="exact: every node was computed exactly")
+            else:
+                a["short"] = _short(a, verdict, True).replace("vs exact AIE", "confirmed")
+                a["line"] = confirmation.summary()
+            col.agreement = a
+        elif col.is_resample:
+            col.agreement = dict(role="unchecked", verdict="not checked", n=0, short="not confirmed (cp.confirm)",
+                                 line="not checked: first-order values with no exact confirmation in this run "
+                                      "(cp.confirm runs one)")
+        elif not ref:
+            col.agreement = dict(role="unchecked", verdict="not checked", n=0, short="no exact AIE to check against",
+                                 line="not checked: this run has no exact resample AIE to compare with")
+        else:
+            col.agreement = _compare_values(col, ref)
+    return cols
+
+
+# ----------------------------------------------------------------------------- showing
+
+
+def show(fig, path: str | os.PathLike | None = None):
+    """Show ``fig``: with plotly's renderer where one is active (Jupyter, VS Code, Colab), else in a browser.
+
+    In a plain ``python`` script plotly has no renderer (``plotly.io.renderers.default`` is empty) and
+    ``fig.show()`` opens nothing; then this writes a self-contained HTML file (``path``, or a temporary
+    file) and opens it with the system's browser (:mod:`webbrowser`). Where no browser can be started (a
+    remote shell) it prints where the file is. Returns the file written, or None when plotly rendered it.
+    """
+    import plotly.io as pio
+
+    if pio.renderers.default:
+        fig.show()
+        return None
+    import sys
+    import tempfile
+    import webbrowser
+
+    if path is None:
+        fd, name = tempfile.mkstemp(prefix="confounded_patching-", suffix=".html")
+        os.close(fd)
+        path = name
+    path = save(fig, path)
+    try:
+        opened = webbrowser.open(path.resolve().as_uri())
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        print(f"no notebook renderer and no browser to open: the figure is in {path}", file=sys.stderr)
+    return path
