@@ -81,8 +81,10 @@ def check_choice(name: str, value, choices):
 
 
 def check_auto_bool(name: str, value):
-    """Return ``value`` if it is ``"auto"``, ``True`` or ``False``."""
-    if value not in ("auto", True, False):
+    """Return ``value`` if it is ``"auto"``, ``True`` or ``False`` (a numpy bool too); ``1`` and ``0`` are refused."""
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if not (isinstance(value, bool) or (isinstance(value, str) and value == "auto")):
         raise InputError(f"{name} must be 'auto', True or False; received {describe(value)}")
     return value
 
@@ -91,6 +93,9 @@ def _numeric_array(name: str, x) -> np.ndarray:
     arr = np.asarray(x)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise InputError(f"{name} must be a numeric array; received {describe(arr)}")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise InputError(f"{name} must be real; received {describe(arr)} (complex values would lose their "
+                         "imaginary part)")
     return arr
 
 

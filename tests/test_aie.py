@@ -198,7 +198,7 @@ def test_constant_outcome_is_rejected(sem):
 
 
 def test_single_topic_is_rejected(sem):
-    with pytest.raises(InputError, match=r"labels must contain at least 2 distinct topics; received 1"):
+    with pytest.raises(InputError, match=r"confounder must contain at least 2 distinct topics; received 1"):
         aie(sem.query, sem.nodes[0], sem.outcome, np.zeros(2000, dtype=int))
 
 

@@ -42,9 +42,9 @@ def test_confounder_features_labels_and_covariates():
 
 
 def test_confounder_errors_name_the_problem():
-    with pytest.raises(InputError, match="labels must contain at least 2 distinct topics; received 1"):
+    with pytest.raises(InputError, match="confounder must contain at least 2 distinct topics; received 1"):
         confounder_features(np.array(["a", "a", "a"]), 3)
-    with pytest.raises(InputError, match="labels must not contain None or NaN"):
+    with pytest.raises(InputError, match="confounder must not contain None or NaN"):
         confounder_features(np.array(["a", None, "b"], dtype=object), 3)
     with pytest.raises(InputError, match=r"confounder must be finite"):
         confounder_features(np.array([[0.1], [np.nan], [0.3]]), 3)

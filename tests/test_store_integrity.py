@@ -20,6 +20,7 @@ import os
 import shutil
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -142,7 +143,8 @@ def test_complete_store_reused_with_another_model_is_refused(model, prompts, ref
         _collect(tiny.hf_model("gpt2", seed=1), prompts, reference.path)
     with pytest.raises(cp.InputError, match=r"its weights differ"):
         cp.mediate(tiny.hf_model("gpt2", seed=1), prompts, NODES, FailsOnFourthBatch(None),
-                   tokenizer=tiny.tokenizer(), batch_size=BATCH, store=reference.path, progress=False)
+                   tokenizer=tiny.tokenizer(), batch_size=BATCH, store=reference.path, progress=False,
+                   query=np.random.default_rng(0).normal(size=(N_PROMPTS, 4)), d_q=2, d_n=2)  # enough prompts
 
 
 def test_weights_that_differ_in_one_entry_by_1e_6_are_refused(model, prompts, reference):

@@ -33,7 +33,8 @@ from ..models.sites import Plan, Read, ReadKey
 from ..models.tokens import TokenBatch, as_id_lists, columns, pad, pad_id
 from ..nodes import Node, is_node
 from ..progress import progress_bar
-from ..validation import check_choice, check_int, check_positions, check_token_ids, is_int, unknown_token_warning
+from ..validation import (check_bool, check_choice, check_int, check_positions, check_token_ids, is_int,
+                          unknown_token_warning)
 from .captured import Activations, Captured
 from .fingerprint import identity
 from .store import ActivationStore
@@ -150,6 +151,7 @@ def collect(
     adapter = adapt(model, tokenizer)
     nodes = check_nodes(adapter, nodes)
     check_int("batch_size", batch_size, minimum=1, expected="a positive int")
+    check_bool("progress", progress)
     check_choice("padding_side", padding_side, ("left", "right"))
     if embed_layer is not None and not (is_int(embed_layer) and 0 <= embed_layer < adapter.spec.n_layers):
         raise InputError(f"embed_layer must be an int in [0, {adapter.spec.n_layers}); received {embed_layer!r}")

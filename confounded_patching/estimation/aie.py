@@ -60,6 +60,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -78,8 +79,8 @@ from .options import AIEOptions
 from .partners import check_partners, pair_index
 from .reliability import UNIDENTIFIED, ReliabilityRule, assess, unidentified
 
-__all__ = ["aie", "aie_many", "aie_tables", "warn_unreliable", "mark_unidentified", "outcome_columns", "AIEResult", "AIETable",
-           "AUGMENT_PROMPTS_PER_COLUMN"]
+__all__ = ["aie", "aie_many", "aie_tables", "warn_unreliable", "mark_unidentified", "outcome_columns",
+           "check_prompt_count", "AIEResult", "AIETable", "AUGMENT_PROMPTS_PER_COLUMN"]
 
 #: ``augment="auto"`` fits the outcome model only with at least this many prompts per column of it
 #: (chosen on the planted-truth family, ``docs/estimator.md``: with fewer, the fitted products add more
@@ -401,14 +402,16 @@ def aie_tables(query, nodes, outcome, confounders: list, options: AIEOptions, *,
     Returns one :class:`AIETable` per entry of ``confounders``.
     """
     opts = options.resolved()
-    y = _outcome(outcome)
+    y, y_scale = _outcome(outcome)
     m = y.shape[0]
     qraw = as_matrix("query", query, m)
     source = node_source(nodes, m)
+    for c in confounders:
+        _warn_float_labels(c, opts.confounder_kind, stacklevel + 1)
     xs = [confounder_features(c, m, kind=opts.confounder_kind)[0] for c in confounders]
     kmax = max((0 if x is None else x.shape[1]) for x in xs)
     d_q, d_n = min(opts.d_q, qraw.shape[1]), min(opts.d_n, max(source.widths))
-    _check_size(m, d_q, d_n + kmax)
+    check_prompt_count(m, d_q, d_n + kmax)
     if options.augment == "auto" and opts.augment and m < AUGMENT_PROMPTS_PER_COLUMN * outcome_columns(d_q, d_n, kmax):
         opts = dataclasses.replace(opts, augment=False)  # too few prompts for the outcome model's columns
 
@@ -422,7 +425,7 @@ def aie_tables(query, nodes, outcome, confounders: list, options: AIEOptions, *,
     settings = [engine.setting(c, x, q, q64, J, rows, opts, stacklevel + 1) for c, x in zip(confounders, xs)]
     results = engine.run(settings, source, q, q64, y, J, counts, opts, progress)
     query_constant = bool(q64.abs().amax() == 0)
-    tables = [_table(st, res, m, J, opts, query_constant) for st, res in zip(settings, results)]
+    tables = [_table(st, res, m, J, opts, query_constant, y_scale) for st, res in zip(settings, results)]
     for table in tables:
         warn_unreliable(table, stacklevel=stacklevel + 1)
     return tables
@@ -431,14 +434,49 @@ def aie_tables(query, nodes, outcome, confounders: list, options: AIEOptions, *,
 # ----------------------------------------------------------------------------- helpers
 
 
-def _outcome(y) -> torch.Tensor:
+#: outcomes whose largest |entry| lies outside ``[2**-OUTCOME_RANGE, 2**OUTCOME_RANGE]`` are estimated divided by
+#: a power of 2 (exact) and the estimates multiplied back, so that sums of squares (the bootstrap se) stay finite
+OUTCOME_RANGE = 64
+
+
+def _outcome(y) -> tuple[torch.Tensor, float]:
+    """The outcome as a float64 vector, and the power of 2 it was divided by (1.0 unless near the float64 limits).
+
+    The AIE is linear in the outcome, so ``aie(q, n, c * y)`` is ``c`` times ``aie(q, n, y)`` at any scale.
+    """
     t = as_matrix("outcome", y)
     if t.shape[1] != 1:
         raise InputError(f"outcome must be a vector [prompts]; received {describe(y)}")
     t = t[:, 0]
-    if t.shape[0] < 2 or float(t.max() - t.min()) <= 1e-12 * (1 + float(t.abs().max())):
+    top = float(t.abs().max()) if t.shape[0] else 0.0
+    if t.shape[0] < 2 or float(t.max() - t.min()) <= 1e-12 * top:
         raise InputError(f"outcome must vary across prompts; received a constant vector of length {t.shape[0]}")
-    return t
+    scale = 1.0
+    if not 2.0 ** -OUTCOME_RANGE <= top <= 2.0 ** OUTCOME_RANGE:
+        scale = 2.0 ** round(math.log2(top))
+        t = t / scale
+    return t, scale
+
+
+#: a float confounder vector of whole numbers with at most this many distinct values looks like topic labels
+LABEL_LIKE_VALUES = 20
+
+
+def _warn_float_labels(confounder, kind: str, stacklevel: int) -> None:
+    """Warn when ``confounder`` is a float vector of a few whole numbers read as one covariate (``kind="auto"``):
+    topic ids cast to float (``topics.astype(float)``) would otherwise be balanced as a number, silently."""
+    if kind != "auto" or confounder is None:
+        return
+    arr = confounder.detach().cpu().numpy() if isinstance(confounder, torch.Tensor) else np.asarray(confounder)
+    if arr.ndim != 1 or arr.dtype.kind != "f" or not np.isfinite(arr).all():
+        return
+    values = np.unique(arr)
+    if len(values) <= min(LABEL_LIKE_VALUES, len(arr) // 2) and bool((values == np.round(values)).all()):
+        warnings.warn(f"confounder is a float vector holding only {len(values)} whole numbers "
+                      f"({', '.join(f'{v:g}' for v in values[:5])}{' ...' if len(values) > 5 else ''}): it is read as "
+                      "one continuous covariate, not as topic labels. Pass integer or string labels, or "
+                      "confounder_kind='labels' (or 'covariates' to keep this reading and silence this warning)",
+                      stacklevel=stacklevel + 1)
 
 
 def outcome_columns(d_q: int, d_n: int, k: int) -> int:
@@ -446,14 +484,16 @@ def outcome_columns(d_q: int, d_n: int, k: int) -> int:
     return 2 * d_q + 2 * d_n + d_q * d_n + k + d_q * k
 
 
-def _check_size(m: int, d_q: int, d_z: int):
+def check_prompt_count(m: int, d_q: int, d_z: int) -> None:
+    """Raise unless ``m`` prompts are enough for ``d_q`` query and ``d_z`` node + confounder dimensions."""
     need = 2 * (2 * d_q + d_z) + 10
     if m < need:
         raise InputError(f"need at least 2 * (2 d_q + d_z) + 10 = {need} prompts for d_q = {d_q} query and d_z = "
                          f"{d_z} node/confounder dims; received {m} prompts. Lower d_q / d_n or add prompts")
 
 
-def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions, query_constant: bool = False) -> AIETable:
+def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions, query_constant: bool = False,
+           y_scale: float = 1.0) -> AIETable:
     """Assemble the per-node results (in input order) into an :class:`AIETable`, with the identifiability
     guards and the reliable flag (:mod:`~.reliability`)."""
     keys = ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "pair_ess", "gamma_max", "gamma_noise",
@@ -476,6 +516,8 @@ def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions, query_con
         lo = hi = se = np.full(len(value), np.nan)
     nan_rows = np.isnan(value)
     lo, hi, se = (np.where(nan_rows, np.nan, a) for a in (lo, hi, se))
+    if y_scale != 1.0:  # estimated on outcome / y_scale (a power of 2): scale back
+        value, boot, lo, hi, se = (a * y_scale for a in (value, boot, lo, hi, se))
     gx, ess_x, imb_x, status_x = st.diag_x
     reliable, reason = assess(status, cat["query_corr"], cat["pair_ess"], ess_x, m, st.adjusted, opts.reliability,
                               prior=why, status_x=status_x)

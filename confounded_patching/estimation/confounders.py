@@ -88,25 +88,25 @@ def kmeans_topics(x, k: int = 3, *, seed: int = 0, d: int | None = 25, n_init: i
     return relabel[best]
 
 
-def one_hot(labels, *, drop_first: bool = True):
+def one_hot(labels, *, drop_first: bool = True, name: str = "labels"):
     """Indicator columns of ``labels`` (strings, ints or bools), the first category dropped.
 
     Returns:
         ``(X, categories)``: ``X`` is a float64 numpy array ``[m, k - 1]``
         (``[m, k]`` with ``drop_first=False``) and ``categories`` the sorted
-        category names (as strings) of its columns.
+        category names (as strings) of its columns. ``name``: the argument named in errors.
     """
     arr = np.asarray(labels)
     if arr.ndim != 1:
-        raise InputError(f"labels must be 1-d; received {describe(labels)}")
+        raise InputError(f"{name} must be 1-d; received {describe(labels)}")
     if arr.dtype.kind == "f":
         if not np.isfinite(arr).all():
-            raise InputError(f"labels must not contain NaN or inf; received {describe(labels)}")
+            raise InputError(f"{name} must not contain NaN or inf; received {describe(labels)}")
     elif arr.dtype == object and any(v is None or (isinstance(v, float) and v != v) for v in arr):
-        raise InputError(f"labels must not contain None or NaN; received {describe(labels)}")
+        raise InputError(f"{name} must not contain None or NaN; received {describe(labels)}")
     cats, codes = np.unique(arr.astype(str) if arr.dtype == object else arr, return_inverse=True)
     if len(cats) < 2:
-        raise InputError(f"labels must contain at least 2 distinct topics; received {len(cats)} ({cats.tolist()})")
+        raise InputError(f"{name} must contain at least 2 distinct topics; received {len(cats)} ({cats.tolist()})")
     X = np.zeros((arr.shape[0], len(cats)), dtype=np.float64)
     X[np.arange(arr.shape[0]), codes] = 1.0
     names = [str(c) for c in cats]
@@ -140,7 +140,7 @@ def confounder_features(confounder, m: int, *, kind: str = "auto"):
     if arr.shape[0] != m:
         raise InputError(f"confounder must have one entry per prompt ({m}); received {describe(confounder)}")
     if is_labels(arr, kind):
-        X, names = one_hot(arr)
+        X, names = one_hot(arr, name="confounder")
         cats, counts = np.unique(arr.astype(str) if arr.dtype == object else arr, return_counts=True)
         small = [(str(c), int(n)) for c, n in zip(cats, counts) if n < MIN_TOPIC_PROMPTS]
         if small:

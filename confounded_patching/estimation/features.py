@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..validation import as_float_tensor
+from ..validation import as_float_tensor, check_bool
 from .linalg import standardize_columns
 
 __all__ = ["feature_layout", "block_gamma", "centred_squares", "outer", "g_features", "balance_features",
@@ -92,6 +92,7 @@ def balance_features(q, z, *, squares: bool = True, standardize: bool = True):
         ``p = 2 d_q + d_z + d_q d_z`` (``d_q`` fewer without squares).
         Column order is ``feature_layout(d_q, d_z, squares=squares)``.
     """
+    squares, standardize = check_bool("squares", squares), check_bool("standardize", standardize)
     is_numpy = not isinstance(q, torch.Tensor)
     qt = as_float_tensor("q", q, dtype=torch.float64, ndims=(1, 2))
     zt = as_float_tensor("z", z, dtype=torch.float64, ndims=(1, 2))

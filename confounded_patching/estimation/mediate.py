@@ -49,8 +49,8 @@ from ..models.tokens import as_id_lists, token_labels
 from ..nodes import Node
 from ..nodes import nodes as all_nodes
 from ..results import EB_ADJUSTED, EB_UNADJUSTED, Result, check_array, check_nodes_field
-from ..validation import check_int, resolve_device
-from .aie import AIETable, aie_tables, mark_unidentified
+from ..validation import check_bool, check_int, resolve_device
+from .aie import AIETable, aie_tables, check_prompt_count, mark_unidentified
 from .confounders import is_labels, kmeans_topics
 from .node_coords import rescaled
 from .options import AIEOptions
@@ -64,6 +64,8 @@ QUERIES = ("sentence", "model")
 DEFAULT_QUERY = "sentence"
 #: keyword arguments of ``mediate`` that are not estimator settings passed through to ``aie_many``
 _OWN = ("K", "gamma", "seed", "pairs", "device")
+#: dimensions of a ``query="sentence"`` embedding (all-MiniLM-L6-v2)
+SENTENCE_DIMS = 384
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,39 @@ def _prompt_texts(prompts, tokenizer, m: int) -> list[str]:
     return [p if isinstance(p, str) else tokenizer.decode(list(p), skip_special_tokens=True) for p in items]
 
 
+def _check_enough_prompts(prompts, nodes, spec, query, confounder, n_topics: int, options: AIEOptions) -> None:
+    """Raise before any forward pass if the prompts are too few for the estimator (:func:`~.aie.check_prompt_count`)
+    or for ``n_topics`` k-means topics; arguments it cannot size yet are left to the later checks."""
+    if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__"):
+        return
+    m = len(prompts)
+    opts = options.resolved()
+    if isinstance(query, str):
+        d_q = SENTENCE_DIMS if query == "sentence" else spec.d_model
+    else:
+        shape = np.shape(query)
+        if len(shape) in (1, 2) and shape[0] != m:
+            raise InputError(f"query must have one row per prompt ({m}); received {describe(query)}")
+        d_q = shape[1] if len(shape) == 2 else 1
+    d_n = max(spec.node_dim(n.kind) for n in nodes)
+    if isinstance(confounder, str):
+        if m < 2 * n_topics:
+            raise InputError(f"confounder='kmeans' with n_topics = {n_topics} needs at least 2 * n_topics = "
+                             f"{2 * n_topics} prompts; received {m}")
+        k = n_topics - 1
+    elif confounder is None:
+        k = 0
+    else:
+        arr = np.asarray(confounder.detach().cpu() if isinstance(confounder, torch.Tensor) else confounder)
+        if arr.ndim not in (1, 2) or arr.shape[0] != m:
+            return
+        if is_labels(arr, opts.confounder_kind):
+            k = len(np.unique(arr.astype(str))) - 1
+        else:
+            k = arr.shape[1] if arr.ndim == 2 else 1
+    check_prompt_count(m, min(opts.d_q, d_q), min(opts.d_n, d_n) + k)
+
+
 def _first_prompt_tokens(tokenizer, prompts) -> list[str]:
     """Token labels (``tok_i``) of the first prompt, for position axes; [] when unknown."""
     if prompts is None or tokenizer is None:
@@ -300,6 +335,9 @@ def mediate(
     if model is None and activations is None and store is None:
         raise InputError("mediate needs a model, activations=... from a previous collect(), or store=DIR")
     check_int("seed", seed, minimum=0, expected="an int >= 0")
+    check_int("n_topics", n_topics, minimum=2, expected="an int >= 2")
+    check_bool("unadjusted", unadjusted)
+    check_bool("progress", progress)
     unknown = sorted(set(aie_kwargs) - {f.name for f in dataclasses.fields(AIEOptions)} - set(_OWN))
     if unknown:
         raise InputError(f"mediate got unknown keyword argument(s) {unknown}; it takes the estimator's settings "
@@ -326,7 +364,11 @@ def mediate(
     metric = outcome if callable(outcome) else None
     if embed_layer is None:
         embed_layer = n_layers // 4
-    if activations is None:
+    if activations is None:  # every check that the data allows before the capture's forward passes
+        _check_enough_prompts(prompts, nodes, adapter.spec, query, confounder, n_topics,
+                              AIEOptions(K=K, gamma=gamma, seed=seed, device=device, **aie_kwargs))
+        if metric is None and hasattr(prompts, "__len__") and not isinstance(prompts, (str, bytes)):
+            _outcome_values(None, outcome, None, len(prompts))  # labels: numbers, one per prompt
         activations = collect(adapter, prompts, nodes, batch_size=batch_size, metric=metric,
                               embed_layer=embed_layer if isinstance(query, str) and query == "model" else None,
                               progress=progress, remote=remote, store=store)

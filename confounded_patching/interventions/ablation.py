@@ -42,7 +42,7 @@ from ..models.tokens import pad_id
 from ..nodes import Node
 from ..progress import progress_bar
 from ..results import Result, check_array, check_nodes_field
-from ..validation import check_choice, check_int, check_positions
+from ..validation import check_bool, check_choice, check_int, check_positions
 from .rows import Row, run_rows
 
 __all__ = ["ablate", "ablation_curve", "AblationResult", "HOW"]
@@ -263,6 +263,7 @@ def ablate(
     """
     adapter = adapt(model, tokenizer)
     outcome, id_lists = _check_common(adapter, prompts, outcome, how, batch_size, seed)
+    check_bool("progress", progress)
     nodes = _check_nodes(adapter, nodes, how)
     check_positions(id_lists, nodes, argument="prompts")
     fill, donors = _prepare(adapter, prompts, id_lists, nodes, how, reference, seed, batch_size, remote)
@@ -301,6 +302,7 @@ def ablation_curve(
     """
     adapter = adapt(model, tokenizer)
     outcome, id_lists = _check_common(adapter, prompts, outcome, how, batch_size, seed)
+    check_bool("progress", progress)
     ranked = _check_nodes(adapter, ranked_nodes, how, argument="ranked_nodes")
     if isinstance(ks, (int, np.integer)) or not hasattr(ks, "__iter__"):
         raise InputError(f"ks must be a sequence of ints; received {describe(ks)}")

@@ -29,7 +29,7 @@ from ..errors import InputError, describe
 from ..metrics import as_metric
 from ..models import adapt
 from ..results import Result, check_array, check_nodes_field, node_columns, resample_tag
-from ..validation import check_int
+from ..validation import check_bool, check_int
 from .resample import ResampleResult, draw_pairs, resample
 
 __all__ = ["confirm", "Confirmation", "agreement", "verdict", "TRUST", "CAUTION"]
@@ -190,6 +190,8 @@ def confirm(model, prompts, result: ResampleResult, outcome, *, top_k: int = 30,
         raise InputError(f"result must be a ResampleResult (from cp.resample); received {describe(result)}")
     check_int("top_k", top_k, minimum=0, expected="an int >= 0")
     check_int("n_random", n_random, minimum=0, expected="an int >= 0")
+    check_int("seed", seed, minimum=0, expected="an int >= 0")
+    check_bool("progress", progress)
     m = len(result.baseline)
     try:
         n_prompts = len(prompts)

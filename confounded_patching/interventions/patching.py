@@ -72,6 +72,7 @@ def patch(
         :class:`PatchingResult`, with ``raw[pair, node]`` in the order of ``nodes``.
     """
     check_bool("prefix_cache", prefix_cache)
+    check_bool("progress", progress)
     inputs = prepare(model, clean, corrupt, nodes, metric, direction=direction, method=method,
                      batch_size=batch_size, tokenizer=tokenizer)
     if method == "attribution":

@@ -42,15 +42,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ..activations.capturing import check_nodes
+from ..activations.capturing import check_nodes, check_prompts
 from ..errors import InputError, describe
 from ..metrics import as_metric
 from ..models import adapt
-from ..models.tokens import as_id_lists, pad_id
+from ..models.tokens import pad_id
 from ..nodes import Node
 from ..progress import progress_counter
 from ..results import Result, check_array, check_nodes_field, node_columns, resample_tag
-from ..validation import check_choice, check_int, check_positions
+from ..validation import check_bool, check_choice, check_int, check_positions
 from .gradients import node_gradients
 from .rows import PrefixCache, Row, run_rows
 
@@ -296,11 +296,13 @@ def resample(
     adapter = adapt(model, tokenizer)
     nodes = check_nodes(adapter, nodes, allow_all_positions=True)
     metric = _outcome_metric(outcome, adapter)
-    id_lists = as_id_lists(prompts, adapter.tokenizer)
+    id_lists = check_prompts(adapter, prompts)  # ids in the vocabulary, lengths within the context
     m = len(id_lists)
     if m < 2:
         raise InputError(f"prompts must hold at least 2 prompts to form pairs; received {m}")
     check_int("batch_size", batch_size, minimum=1, expected="a positive int")
+    check_int("seed", seed, minimum=0, expected="an int >= 0")
+    check_bool("progress", progress)
     check_positions(id_lists, nodes)
     if any(n.pos is None for n in nodes) and len({len(ids) for ids in id_lists}) > 1:
         raise InputError("nodes with pos=None swap every position, so every prompt must have the same token "
