@@ -40,8 +40,8 @@ _LAZY = {
     "balance_features": "estimation.features",
     "aie": "estimation.aie",
     "aie_many": "estimation.aie",
-    "AIEResult": "estimation.aie",
-    "AIETable": "estimation.aie",
+    "AIEResult": "estimation.aie_table",
+    "AIETable": "estimation.aie_table",
     "mediate": "estimation.mediate",
     "MediationResult": "estimation.mediate",
 }

@@ -21,7 +21,8 @@ From the bottom up:
 - :mod:`.outcome_model` — the ridge outcome model of the augmented AIE;
 - :mod:`.options` — the estimator's settings, checked once;
 - :mod:`.engine` — the pass over chunks of nodes;
-- :mod:`.aie` — ``aie``, ``aie_many`` and their results;
+- :mod:`.aie_table` — their results, ``AIEResult`` and ``AIETable``;
+- :mod:`.aie` — ``aie`` and ``aie_many``;
 - :mod:`.mediate` — ``mediate``: capture, topics and the AIE of every node
   of a model;
 - :mod:`.simulate` — planted-truth designs for validation.

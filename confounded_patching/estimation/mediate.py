@@ -50,7 +50,8 @@ from ..nodes import Node
 from ..nodes import nodes as all_nodes
 from ..results import EB_ADJUSTED, EB_UNADJUSTED, Result, check_array, check_nodes_field
 from ..validation import check_bool, check_int, resolve_device
-from .aie import AIETable, aie_tables, check_prompt_count, mark_unidentified
+from .aie import aie_tables, check_prompt_count
+from .aie_table import AIETable, mark_unidentified
 from .confounders import is_labels, kmeans_topics
 from .node_coords import rescaled
 from .options import AIEOptions
