@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from . import datasets, metrics
-from .errors import ModelFileNotFound, Terminated, sigterm_as_interrupt
+from .errors import InputError, ModelFileNotFound, Terminated, sigterm_as_interrupt
 from .estimation.mediate import mediate
 from .interventions.patching import patch
 from .interventions.resample import resample
@@ -43,6 +43,7 @@ from .models import adapt, smollm2
 from .nodes import nodes as all_nodes
 from .nodes import sort_key
 from .report import write_report
+from .validation import check_token_ids
 
 __all__ = ["Options", "run", "run_steps", "UsageError", "STEPS", "Log", "load_model", "load_dataset",
            "precheck_model", "precheck_dataset", "select_nodes"]
@@ -196,16 +197,12 @@ def select_nodes(model, options: Options) -> list:
 def _check_context(data, model, tok, options: Options) -> None:
     """Every prompt (and clean/corrupt prompt) must fit the model's context: checked before any step runs."""
     spec = adapt(model, tok).spec
-    if spec.context is None:
-        return
     for field in ("prompts", "clean", "corrupt"):
-        for text in getattr(data, field, None) or ():
-            n = len(tok(text)["input_ids"])
-            if n > spec.context:
-                shown = text if len(text) <= 60 else text[:57] + "..."
-                raise UsageError(f"--dataset {options.dataset}: a prompt has {n} tokens, but the model's context "
-                                 f"holds {spec.context} positions ({spec.context_key}): {shown!r}; shorten it or "
-                                 "leave it out")
+        texts = list(getattr(data, field, None) or ())
+        try:
+            check_token_ids([tok(text)["input_ids"] for text in texts], spec, argument=field)
+        except InputError as err:
+            raise UsageError(f"--dataset {options.dataset}: {err}, or leave it out of the dataset") from None
 
 
 def _check_lengths(data, tok, options: Options) -> None:
