@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError, describe
-from ..results import EB_ADJUSTED, EB_UNADJUSTED, atomic_write
+from ..results import EB_ADJUSTED, EB_UNADJUSTED, atomic_write, is_exact_resample
 from .frames import (FAMILY_TITLES, METHOD_TITLES, STATUS_COLORS, Column, as_float, columns, fmt, frame,
                      hover_text, plotly_modules)
 
@@ -402,7 +402,7 @@ def exact_reference(cols: list[Column]) -> dict:
         elif "computed" in df.columns:
             keep = [str(c).startswith("exact") for c in df["computed"]]
         else:
-            keep = [col.method in ("resample", "resample:stratified")] * len(df)
+            keep = [is_exact_resample(col.method)] * len(df)
         ref = {n: float(v) for n, v, k in zip(df["node"], df["value"], keep) if k and np.isfinite(v)}
         if ref:
             return ref
