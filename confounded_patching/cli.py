@@ -10,9 +10,10 @@ Two sub-commands:
   to, or ``smollm2``) and prompts (a built-in set name or a ``.jsonl`` file,
   see :func:`confounded_patching.datasets.from_jsonl`).
 
-Both run the steps of :mod:`~.pipeline` (classic patching, the resample AIE
-on a sample of nodes, the EB-AIE adjusted and unadjusted on every node) and
-write ``DIR/report.html`` and the results as data files.
+Both run the steps of :mod:`~.pipeline` (classic patching; the interventional
+resample AIE of every node, topic-stratified, heads to first order; its exact
+confirmation on the top and random nodes; the EB-AIE adjusted and unadjusted
+on every node) and write ``DIR/report.html`` and the results as data files.
 
 Exit codes: 0 done; 2 bad input (unknown model path, malformed JSONL line,
 empty dataset, misspelt node kind ...), reported in one line on stderr with
@@ -32,15 +33,17 @@ from pathlib import Path
 from . import __version__
 from .errors import ConfoundedPatchingError
 from .nodes import KINDS
-from .pipeline import PROG, STEPS, Log, Options, UsageError, run
+from .pipeline import PATCH_METHODS, PROG, RESAMPLE_METHODS, STEPS, Log, Options, UsageError, run
 
 __all__ = ["main", "build_parser", "UsageError", "DEMO_DEFAULTS"]
 
-_OPTIONS = ("n_prompts", "n_pairs", "resample_nodes", "resample_pairs", "n_topics", "K", "n_boot", "dims",
-            "batch_size", "seed", "kinds", "positions", "resid_positions", "steps", "confounder")
+_OPTIONS = ("n_prompts", "n_pairs", "patch_method", "resample_method", "resample_nodes", "resample_pairs",
+            "confirm_top", "confirm_random", "n_topics", "K", "n_boot", "dims", "batch_size", "seed", "kinds",
+            "positions", "resid_positions", "steps", "confounder")
 #: Settings of ``demo`` (and the defaults of ``run``) as the command line writes them: those of
 #: :class:`~.pipeline.Options`.
-DEMO_DEFAULTS = {name: ",".join(map(str, v)) if isinstance(v, tuple) else v
+DEMO_DEFAULTS = {name: ",".join(map(str, v)) if isinstance(v, tuple) else ("all" if v is None and
+                                                                             name == "resample_nodes" else v)
                  for name, v in ((n, getattr(Options(), n)) for n in _OPTIONS)}
 
 
@@ -102,16 +105,30 @@ def _add_common(p: argparse.ArgumentParser, demo: bool) -> None:
                        help="token positions of residual-stream nodes")
     est = p.add_argument_group("analysis")
     est.add_argument("--steps", default=d["steps"], metavar="S1,S2",
-                     help="which analyses to run, any of patch, resample, mediate; a step the dataset "
+                     help="which analyses to run, any of patch, resample, confirm, mediate; a step the dataset "
                           "cannot support (e.g. patch without clean/corrupt pairs) is skipped with a note")
     est.add_argument("--n-prompts", type=int, default=d["n_prompts"], metavar="N",
-                     help="prompts drawn from the dataset for resample and EB-AIE (EB needs about 170 or more)")
+                     help="prompts drawn from the dataset for resample and EB-AIE (the EB-AIE needs "
+                          "2 * (2 dims + dims + topics - 1) + 10 or more: 162 at the default dims and 3 topics; "
+                          "checked before the model runs)")
     est.add_argument("--n-pairs", type=int, default=d["n_pairs"], metavar="N",
-                     help="clean/corrupt pairs for classic patching (each costs one forward per node)")
-    est.add_argument("--resample-nodes", type=int, default=d["resample_nodes"], metavar="N",
-                     help="random sample of nodes for the brute-force resample AIE (0 = none)")
+                     help="clean/corrupt pairs for classic patching")
+    est.add_argument("--patch-method", default=d["patch_method"], choices=PATCH_METHODS,
+                     help="classic patching: exact, attribution (gradient approximation), or auto (attribution "
+                          "for heads and MLPs, exact for the residual stream)")
+    est.add_argument("--resample-method", default=d["resample_method"], choices=RESAMPLE_METHODS,
+                     help="resample AIE: exact, attribution (first order), or auto (heads to first order, MLPs "
+                          "and residual stream exactly)")
+    est.add_argument("--resample-nodes", default=d["resample_nodes"], metavar="N|all",
+                     help="nodes given a resample AIE: all, or a random sample of N (0 = none)")
     est.add_argument("--resample-pairs", type=int, default=d["resample_pairs"], metavar="N",
-                     help="random prompt pairs (i, j) per resampled node")
+                     help="random prompt pairs (i, j) of the resample AIE, the same for every node")
+    est.add_argument("--no-stratify", dest="stratify", action="store_false",
+                     help="draw the resample AIE's donors from every prompt, not from the prompt's own topic")
+    est.add_argument("--confirm-top", type=int, default=d["confirm_top"], metavar="N",
+                     help="first-order nodes with the largest |AIE| that the confirm step runs exactly")
+    est.add_argument("--confirm-random", type=int, default=d["confirm_random"], metavar="N",
+                     help="further first-order nodes, drawn at random, that the confirm step runs exactly")
     est.add_argument("--confounder", default=d["confounder"], choices=("auto", "topics", "kmeans", "none"),
                      help="EB-AIE confounder: the dataset's topic labels, k-means topics of the prompt "
                           "embeddings, or none (auto: topics when the dataset has them, else kmeans)")
@@ -137,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line's parser (``demo`` and ``run`` sub-commands)."""
     parser = _Parser(
         prog=PROG,
-        description=_wrap("Activation patching next to a deconfounded indirect effect (EB-AIE) for every node of "
-                          "a transformer, written up as one offline HTML report."),
+        description=_wrap("The interventional (resample) AIE of every node of a transformer, fast and checked "
+                          "against exact, next to classic activation patching and the observational EB-AIE, "
+                          "written up as one offline HTML report."),
         epilog=_EXAMPLES,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -147,15 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run everything offline on the embedded SmolLM2 and the built-in professions prompts",
         description=_wrap("Run the whole pipeline offline on the embedded SmolLM2-135M-Instruct and the built-in "
                           "'professions' prompts (gender bias: logit(' he') - logit(' she'), topics = occupational "
-                          "domains): classic patching, resample AIE on a sample of nodes, EB-AIE adjusted and "
-                          "unadjusted on every node. Writes DIR/report.html and the results as data files. The "
-                          "defaults take about 4 to 6 minutes on 2 CPU cores."),
+                          "domains): classic patching; the interventional resample AIE of every node, donors from "
+                          "the prompt's topic, heads to first order, checked exactly on its top and random nodes; "
+                          "the EB-AIE adjusted and unadjusted on every node. Writes DIR/report.html and the "
+                          "results as data files. The defaults take about 3 to 4 minutes on 2 CPU cores."),
         epilog=f"example:\n  {PROG} demo --out demo_out\n  {PROG} demo --out quick --n-pairs 4 --steps patch,mediate",
     )
     _add_common(demo, demo=True)
     run = sub.add_parser(
         "run", help="run the pipeline on your model and prompts",
-        description=_wrap("Run classic patching, resample AIE and EB-AIE on a model and a prompt set, and write "
+        description=_wrap("Run classic patching, the resample AIE (with its exact confirmation) and the EB-AIE on a "
+                          "model and a prompt set, and write "
                           "DIR/report.html plus the results as .npz and .csv files."),
         epilog=_EXAMPLES,
     )
@@ -203,8 +223,19 @@ def _options(args) -> Options:
         "resid_positions": _int_list("--resid-positions", args.resid_positions),
         "steps": _choices("--steps", args.steps, STEPS, "step"),
     }
-    for name, minimum in (("n_prompts", 2), ("n_pairs", 1), ("resample_nodes", 0), ("resample_pairs", 1),
-                          ("n_topics", 2), ("K", 1), ("dims", 1), ("n_boot", 0), ("batch_size", 1)):
+    text = str(args.resample_nodes).strip()
+    if text == "all":
+        opts["resample_nodes"] = None
+    else:
+        try:
+            opts["resample_nodes"] = int(text)
+        except ValueError:
+            raise UsageError(f"--resample-nodes must be 'all' or an int >= 0; received {text!r}") from None
+        if opts["resample_nodes"] < 0:
+            raise UsageError(f"--resample-nodes must be 'all' or an int >= 0; received {text!r}")
+    for name, minimum in (("n_prompts", 2), ("n_pairs", 1), ("resample_pairs", 1), ("confirm_top", 0),
+                          ("confirm_random", 0), ("n_topics", 2), ("K", 1), ("dims", 1), ("n_boot", 0),
+                          ("batch_size", 1)):
         if getattr(args, name) is not None and getattr(args, name) < minimum:
             raise UsageError(f"--{name.replace('_', '-') if name != 'K' else 'partners'} must be >= {minimum}; "
                              f"received {getattr(args, name)}")

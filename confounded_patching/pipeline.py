@@ -1,8 +1,18 @@
 """The whole analysis, from a model and prompts to results and an offline HTML report.
 
-Steps: classic patching on clean/corrupt pairs (``patch``), the brute-force
-resample AIE on a random sample of nodes (``resample``), and the EB-AIE,
-adjusted and unadjusted, on every node (``mediate``). :func:`run` writes into
+Steps, each saying in the log, the settings and the report which method it used:
+
+- ``patch``: classic patching on clean/corrupt pairs; by default (``patch_method="auto"``, ``cp.patch``'s
+  :data:`~.interventions.patching.AUTO`) attribution patching for attention heads and MLPs and exact patching
+  for the residual stream;
+- ``resample``: the interventional (resample) AIE of every node, donors drawn within each prompt's topic
+  (``strata``), by default ``method="auto"`` (heads to first order, MLPs and the residual stream exactly);
+- ``confirm``: the exact resample AIE of the first-order nodes with the largest values and of a random sample
+  of the others, with their agreement and a verdict (:func:`~.interventions.confirm.confirm`);
+- ``mediate``: the EB-AIE, adjusted and unadjusted, on every node.
+
+Everything that can be checked without a forward pass (positions, context, prompts enough for the EB-AIE's
+dimensions, topics with at least two prompts) is checked before the first one. :func:`run` writes into
 a folder ``report.html`` (self-contained, offline), each result as
 ``NAME.npz`` (``Result.load``) and ``NAME.csv`` (its ``to_dataframe()``),
 the prompts used (``dataset.jsonl``) and ``settings.json``; the files appear
@@ -36,9 +46,11 @@ import torch
 
 from . import datasets, metrics
 from .errors import InputError, ModelFileNotFound, Terminated, sigterm_as_interrupt
-from .estimation.mediate import mediate
+from .estimation.mediate import check_enough_prompts, mediate
+from .estimation.options import AIEOptions
+from .interventions.confirm import confirm
 from .interventions.patching import patch
-from .interventions.resample import resample
+from .interventions.resample import draw_pairs, resample, strata_codes
 from .models import adapt, smollm2
 from .nodes import nodes as all_nodes
 from .nodes import sort_key
@@ -46,10 +58,15 @@ from .report import write_report
 from .validation import check_token_ids
 
 __all__ = ["Options", "run", "run_steps", "UsageError", "STEPS", "Log", "load_model", "load_dataset",
-           "precheck_model", "precheck_dataset", "select_nodes"]
+           "precheck_model", "precheck_dataset", "select_nodes", "precheck_sizes", "PATCH_METHODS",
+           "RESAMPLE_METHODS"]
 
 PROG = "confounded-patching"
-STEPS = ("patch", "resample", "mediate")
+STEPS = ("patch", "resample", "confirm", "mediate")
+PATCH_METHODS = ("auto", "exact", "attribution")
+RESAMPLE_METHODS = ("auto", "exact", "attribution")
+#: The EB-AIE's default principal components of the query and of each node (``cp.aie_many``'s d_q, d_n).
+EB_DIMS = 25
 
 
 class UsageError(Exception):
@@ -60,9 +77,8 @@ class UsageError(Exception):
 class Options:
     """What to run. The defaults are the ``demo`` command's (and the defaults of ``run``).
 
-    With SmolLM2 (390 nodes: 30 MLPs and 270 heads at -1, the residual stream at -3, -2, -1) the demo
-    took 6 min on 2 CPU cores shared with other jobs (25 s loading, 90 s classic patching, 30 s
-    resample AIE, 210 s EB-AIE; 250 CPU-seconds in all).
+    With SmolLM2 (390 nodes: 30 MLPs and 270 heads at -1, the residual stream at -3, -2, -1) and 200
+    professions prompts, see the README for the demo's measured time per step.
 
     Attributes:
         command: ``"demo"`` or ``"run"`` (named in the title and the settings).
@@ -70,7 +86,13 @@ class Options:
         dataset: a built-in set name or a ``.jsonl`` file (:func:`~.datasets.from_jsonl`).
         kinds, positions, resid_positions: the nodes (positions of MLPs and heads; of the residual stream).
         steps: any of :data:`STEPS`; a step the dataset cannot support is skipped with a note.
-        n_prompts, n_pairs, resample_nodes, resample_pairs, confounder, n_topics, K, dims, n_boot,
+        patch_method: ``cp.patch``'s method: ``"auto"`` (heads and MLPs by attribution, the residual stream
+            exactly), ``"exact"`` or ``"attribution"``.
+        resample_method: ``"auto"`` (heads to first order, MLPs and residual stream exactly), ``"exact"`` or
+            ``"attribution"``; resample_nodes: None for every node, or a random sample of that many.
+        stratify: donors of the resample AIE from the prompt's own topic (when the dataset has topics).
+        confirm_top, confirm_random: nodes of the resample AIE confirmed exactly (largest |value|; at random).
+        n_prompts, n_pairs, resample_pairs, confounder, n_topics, K, dims, n_boot,
         batch_size, seed, answer, wrong_answer: as the command line's options of the same names.
         title: the report's title; quiet: no progress bars or stage messages.
     """
@@ -84,8 +106,13 @@ class Options:
     steps: tuple = STEPS
     n_prompts: int = 200
     n_pairs: int = 8
-    resample_nodes: int = 30
-    resample_pairs: int = 32
+    patch_method: str = "auto"
+    resample_method: str = "auto"
+    resample_nodes: int | None = None
+    resample_pairs: int = 16
+    stratify: bool = True
+    confirm_top: int = 30
+    confirm_random: int = 30
     confounder: str = "auto"
     n_topics: int = 3
     K: int = 100
@@ -216,6 +243,66 @@ def _check_lengths(data, tok, options: Options) -> None:
                          f"the node positions need")
 
 
+def _confounder(data, options: Options):
+    """The EB-AIE's confounder setting (``"topics"``, ``"kmeans"`` or ``"none"``) and its value for mediate."""
+    confounder = options.confounder
+    if confounder == "auto":
+        confounder = "topics" if data.topics is not None else "kmeans"
+    if confounder == "topics" and data.topics is None:
+        raise UsageError("--confounder topics: the dataset has no topic labels")
+    value = {"topics": list(data.topics) if data.topics is not None else None, "kmeans": "kmeans",
+             "none": None}[confounder]
+    return confounder, value
+
+
+def _strata(data, options: Options):
+    """The resample AIE's strata: the dataset's topics when it has them and ``stratify`` is on, else None."""
+    return list(data.topics) if options.stratify and data.topics is not None else None
+
+
+def precheck_sizes(data, model, tok, nodes, options: Options) -> None:
+    """What the steps need of the prompts, checked before any forward pass; UsageError names the option to change.
+
+    - ``resample`` / ``confirm``: at least 2 prompts, and a donor for some prompt in its own topic;
+    - ``mediate``: enough prompts for the EB-AIE's dimensions (``2 (2 d_q + d_n + k) + 10`` with ``k`` the
+      confounder's columns) and, with k-means topics, at least ``2 n_topics`` prompts.
+    """
+    m = len(data)
+    if "resample" in options.steps and options.resample_nodes != 0 and _outcome_metric(data, options) is not None:
+        if m < 2:
+            raise UsageError(f"--n-prompts: the resample AIE needs at least 2 prompts to form pairs; the run has {m}")
+        strata = _strata(data, options)
+        try:
+            codes = None if strata is None else strata_codes(strata, m)
+            draw_pairs(m, options.resample_pairs, codes, options.seed)
+        except InputError as err:
+            raise UsageError(f"the resample AIE's pairs (donors from each prompt's topic) cannot be drawn from the "
+                             f"{m} prompts: {err}. Give more prompts (--n-prompts) or --no-stratify") from None
+    if "mediate" in options.steps and _mediate_outcome(data, options) is not None:
+        _, value = _confounder(data, options)
+        dims = {} if options.dims is None else {"d_q": options.dims, "d_n": options.dims}
+        try:
+            check_enough_prompts(list(data.prompts), nodes, adapt(model, tok).spec, "sentence", value,
+                                 options.n_topics, AIEOptions(K=options.K, seed=options.seed, **dims))
+        except InputError as err:
+            more = " (the dataset has no more)" if m < options.n_prompts else ""
+            raise UsageError(f"--n-prompts: the EB-AIE (mediate step) cannot run on the {m} prompts of this run"
+                             f"{more}: {err} (--dims sets d_q and d_n), or leave mediate out of --steps") from None
+
+
+def _outcome_metric(data, options: Options):
+    """The metric of the patching and resample steps (the user's --answer/--wrong-answer, or the dataset's)."""
+    if options.answer is not None:
+        return metrics.logit_diff(options.answer, options.wrong_answer)
+    return data.metric
+
+
+def _mediate_outcome(data, options: Options):
+    if data.labels is not None and options.answer is None:
+        return list(data.labels)
+    return _outcome_metric(data, options)
+
+
 # ----------------------------------------------------------------------------- the steps
 
 
@@ -230,76 +317,124 @@ def run_steps(options: Options, folder: Path, log: Log) -> dict:
     nodes = select_nodes(model, options)
     _check_lengths(data, tok, options)
     _check_context(data, model, tok, options)
-    metric = data.metric  # a per-row metric (capitals, ioi) follows the rows through subset/take
+    precheck_sizes(data, model, tok, nodes, options)
+    metric = _outcome_metric(data, options)  # a per-row metric (capitals, ioi) follows the rows through subset
     own_metric = options.answer is not None
-    if own_metric:
-        metric = metrics.logit_diff(options.answer, options.wrong_answer)
     log(f"{len(data)} prompts, {len(nodes)} nodes; steps: {', '.join(options.steps)}")
-    results, notes = {}, []
+    results, notes, methods = {}, [], {}
 
     def skip(step, why):
         notes.append(f"{step} skipped: {why}")
         log(f"skipping {step}: {why}")
 
     context = dict(model=model, tok=tok, data=data, nodes=nodes, metric=metric, own_metric=own_metric, log=log,
-                   skip=skip, progress=not options.quiet)
+                   skip=skip, progress=not options.quiet, methods=methods)
     if "patch" in options.steps:
         _patch_step(results, options, **context)
-    if "resample" in options.steps and options.resample_nodes > 0:
+    if "resample" in options.steps and options.resample_nodes != 0:
         _resample_step(results, options, **context)
+    if "confirm" in options.steps:
+        _confirm_step(results, options, **context)
     if "mediate" in options.steps:
         _mediate_step(results, options, **context)
     if not results:
         raise UsageError("nothing to do: " + ("; ".join(notes) if notes else "no step selected"))
-    return _write(folder, results, notes, options, data, nodes, metric, log)
+    notes.extend(f"{step}: {how}" for step, how in methods.items())
+    return _write(folder, results, notes, options, data, nodes, metric, log, methods)
 
 
-def _patch_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress):
+def _kinds_text(nodes) -> str:
+    counts = {}
+    for n in nodes:
+        counts[n.kind] = counts.get(n.kind, 0) + 1
+    names = {"head": "heads", "mlp": "MLPs", "resid": "residual stream"}
+    return ", ".join(f"{names.get(k, k)} ({c})" for k, c in counts.items())
+
+
+def _patch_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress, methods):
     if not data.has_pairs:
         skip("classic patching", "the dataset has no clean/corrupt pairs")
-    elif metric is None:
+        return
+    if metric is None:
         skip("classic patching", "the dataset has no metric (give --answer and --wrong-answer)")
-    else:
-        pairs = data.subset(min(options.n_pairs, len(data)), options.seed + 1)
-        log(f"classic patching: {len(pairs)} pairs x {len(nodes)} nodes")
-        results["patch"] = patch(model, list(pairs.clean), list(pairs.corrupt), nodes,
-                                 metric if own_metric else pairs.metric, tokenizer=tok,
-                                 batch_size=options.batch_size, progress=progress)
+        return
+    pairs = data.subset(min(options.n_pairs, len(data)), options.seed + 1)
+    log(f"classic patching ({options.patch_method}): {len(pairs)} pairs x {len(nodes)} nodes")
+    res = patch(model, list(pairs.clean), list(pairs.corrupt), nodes, metric if own_metric else pairs.metric,
+                tokenizer=tok, method=options.patch_method, batch_size=options.batch_size, progress=progress)
+    results["patch"] = res
+    by = {}
+    for n, how in zip(res.nodes, res.node_methods):
+        by.setdefault(how, []).append(n)
+    methods["classic patching"] = (f"{len(pairs)} clean/corrupt pairs, denoising; " +
+                                   "; ".join(f"{how} for {_kinds_text(g)}" for how, g in by.items()) +
+                                   (" (patch_method auto: attribution patching for heads and MLPs, where it ranked "
+                                    "the nodes as exact patching did; the residual stream exactly)"
+                                    if options.patch_method == "auto" and len(by) > 1 else ""))
 
 
-def _resample_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress):
+def _resample_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress, methods):
     if metric is None:
         skip("resample AIE", "the dataset has no metric (give --answer and --wrong-answer)")
         return
-    rng = np.random.default_rng(options.seed)
-    pick = sorted(rng.choice(len(nodes), min(options.resample_nodes, len(nodes)), replace=False))
-    sample = [nodes[i] for i in pick]
-    log(f"resample AIE: {len(sample)} sampled nodes x {options.resample_pairs} prompt pairs")
-    results["resample"] = resample(model, list(data.prompts), sample, metric, n_pairs=options.resample_pairs,
-                                   seed=options.seed, tokenizer=tok, batch_size=options.batch_size, progress=progress)
+    sample = nodes
+    if options.resample_nodes is not None and options.resample_nodes < len(nodes):
+        rng = np.random.default_rng(options.seed)
+        sample = [nodes[i] for i in sorted(rng.choice(len(nodes), options.resample_nodes, replace=False))]
+    strata = _strata(data, options)
+    where = "donors from the prompt's own topic" if strata is not None else "donors from every prompt"
+    log(f"resample AIE ({options.resample_method}, {where}): {len(sample)} nodes x {options.resample_pairs} pairs")
+    res = resample(model, list(data.prompts), sample, metric, method=options.resample_method, strata=strata,
+                   n_pairs=options.resample_pairs, seed=options.seed, tokenizer=tok, batch_size=options.batch_size,
+                   progress=progress)
+    results["resample"] = res
+    by = {}
+    for n, how in zip(res.nodes, res.node_methods):
+        by.setdefault(how, []).append(n)
+    methods["resample AIE"] = (f"{len(res.pairs)} prompt pairs, {where}; " +
+                               "; ".join(f"{how} for {_kinds_text(g)}" for how, g in by.items()) +
+                               f" ({', '.join(f'{k} {v:.0f} s' for k, v in (res.seconds or {}).items())})")
 
 
-def _mediate_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress):
-    outcome = list(data.labels) if data.labels is not None and not own_metric else metric
+def _confirm_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress, methods):
+    res = results.get("resample")
+    if res is None:
+        skip("exact confirmation", "no resample AIE to confirm")
+        return
+    fast = sum(how != "exact" for how in res.node_methods)
+    if fast == 0:
+        methods["exact confirmation"] = "not needed: every node of the resample AIE was computed exactly"
+        return
+    log(f"exact confirmation: the top {min(options.confirm_top, fast)} and up to {options.confirm_random} random "
+        f"first-order nodes, exactly, on the resample AIE's pairs")
+    check = confirm(model, list(data.prompts), res, metric, top_k=options.confirm_top,
+                    n_random=options.confirm_random, seed=options.seed, tokenizer=tok, batch_size=options.batch_size,
+                    progress=progress)
+    results["confirm"] = check
+    log(f"exact confirmation: {check.summary()}")
+    methods["exact confirmation"] = f"exact resample on the resample AIE's pairs; {check.summary()}"
+
+
+def _mediate_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress, methods):
+    outcome = _mediate_outcome(data, options)
     if outcome is None:
         skip("EB-AIE", "the dataset has neither labels nor a metric (give --answer and --wrong-answer)")
         return
-    confounder = options.confounder
-    if confounder == "auto":
-        confounder = "topics" if data.topics is not None else "kmeans"
-    if confounder == "topics" and data.topics is None:
-        raise UsageError("--confounder topics: the dataset has no topic labels")
-    conf = {"topics": list(data.topics) if data.topics is not None else None, "kmeans": "kmeans",
-            "none": None}[confounder]
-    log(f"EB-AIE (confounder: {confounder}) on {len(nodes)} nodes, {len(data)} prompts")
+    confounder, conf = _confounder(data, options)
+    log(f"EB-AIE (observational; confounder: {confounder}) on {len(nodes)} nodes, {len(data)} prompts")
     dims = {} if options.dims is None else {"d_q": options.dims, "d_n": options.dims}
-    results["mediation"] = mediate(model, list(data.prompts), nodes, outcome, confounder=conf,
-                                   n_topics=options.n_topics, K=options.K, seed=options.seed,
-                                   batch_size=options.batch_size, tokenizer=tok, progress=progress,
-                                   n_boot=options.n_boot, **dims)
+    results["mediation"] = med = mediate(model, list(data.prompts), nodes, outcome, confounder=conf,
+                                         n_topics=options.n_topics, K=options.K, seed=options.seed,
+                                         batch_size=options.batch_size, tokenizer=tok, progress=progress,
+                                         n_boot=options.n_boot, **dims)
+    reliable = getattr(med.adjusted, "reliable", None)
+    share = "" if reliable is None else f"; {int(np.sum(reliable))} of {len(reliable)} adjusted values reliable"
+    methods["EB-AIE"] = (f"entropy-balancing weights (observational), confounder {confounder}, {len(data)} "
+                         f"prompts{share}")
 
 
-def _write(folder: Path, results: dict, notes: list, options: Options, data, nodes, metric, log: Log) -> dict:
+def _write(folder: Path, results: dict, notes: list, options: Options, data, nodes, metric, log: Log,
+           methods: dict | None = None) -> dict:
     """Results as .npz and .csv, the prompts, the report and the settings, into ``folder``."""
     settings = {
         "command": options.command, "model": options.model, "dataset": options.dataset, "n_prompts": len(data),
@@ -308,10 +443,14 @@ def _write(folder: Path, results: dict, notes: list, options: Options, data, nod
                                 options.answer is None) else getattr(metric, "name", None),
         "kinds": list(options.kinds), "positions": list(options.positions),
         "resid_positions": list(options.resid_positions), "n_nodes": len(nodes), "steps": list(options.steps),
-        "n_pairs": options.n_pairs, "resample_nodes": options.resample_nodes,
-        "resample_pairs": options.resample_pairs, "confounder": options.confounder, "n_topics": options.n_topics,
+        "n_pairs": options.n_pairs, "patch_method": options.patch_method,
+        "resample_method": options.resample_method,
+        "resample_nodes": "all" if options.resample_nodes is None else options.resample_nodes,
+        "resample_pairs": options.resample_pairs, "stratify": options.stratify, "confirm_top": options.confirm_top,
+        "confirm_random": options.confirm_random, "confounder": options.confounder, "n_topics": options.n_topics,
         "K": options.K, "dims": options.dims if options.dims is not None else "library default",
         "n_boot": options.n_boot, "batch_size": options.batch_size, "seed": options.seed,
+        **{f"method: {step}": how for step, how in (methods or {}).items()},
     }
     log("writing results")
     for name, result in results.items():
@@ -323,7 +462,7 @@ def _write(folder: Path, results: dict, notes: list, options: Options, data, nod
     note = (f"{len(data)} prompts from {options.dataset}; {len(nodes)} nodes "
             f"({', '.join(options.kinds)}). {data.description}")
     if notes:
-        note += "\n\n" + " ".join(n + "." for n in notes)
+        note += "\n\n" + "\n\n".join(n.rstrip(".") + "." for n in notes)
     log("writing report.html")
     write_report(folder / "report.html", results, title=title, notes=note, settings=settings)
     (folder / "settings.json").write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")

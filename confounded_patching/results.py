@@ -41,7 +41,7 @@ import numpy as np
 from .errors import InputError, describe
 from .nodes import is_node, node_from_dict
 
-__all__ = ["Result", "atomic_write", "check_array", "check_nodes_field", "check_scalar", "METHOD_TAGS", "PATCH_EXACT", "PATCH_ATTRIBUTION", "RESAMPLE",
+__all__ = ["Result", "atomic_write", "check_array", "check_nodes_field", "check_scalar", "METHOD_TAGS", "PATCH_EXACT", "PATCH_ATTRIBUTION", "PATCH_AUTO", "RESAMPLE",
            "RESAMPLE_STRATIFIED", "EB_UNADJUSTED", "EB_ADJUSTED", "RESAMPLE_METHODS", "patch_tag", "resample_tag",
            "is_exact_resample", "is_score",
            "NODE_COLUMNS", "LONG_FORM_COLUMNS", "node_columns"]
@@ -51,6 +51,7 @@ __all__ = ["Result", "atomic_write", "check_array", "check_nodes_field", "check_
 #: ``method`` tags of the long-form tables, one per estimator, in the order figures show them.
 PATCH_EXACT = "patch:exact"
 PATCH_ATTRIBUTION = "patch:attribution"
+PATCH_AUTO = "patch:auto"
 RESAMPLE = "resample"
 RESAMPLE_STRATIFIED = "resample:stratified"
 EB_UNADJUSTED = "eb:unadjusted"
@@ -58,7 +59,7 @@ EB_ADJUSTED = "eb:adjusted"
 #: The resample AIE computed with first-order terms for some nodes (``method="auto"``) or all of them
 #: (``method="attribution"``); the tags without a suffix are the exact resample AIE.
 RESAMPLE_METHODS = ("auto", "attribution")
-METHOD_TAGS = (PATCH_EXACT, PATCH_ATTRIBUTION,
+METHOD_TAGS = (PATCH_EXACT, PATCH_ATTRIBUTION, PATCH_AUTO,
                *(f"resample{s}:{m}" for m in RESAMPLE_METHODS for s in (":stratified", "")),
                RESAMPLE_STRATIFIED, RESAMPLE, EB_UNADJUSTED, EB_ADJUSTED)
 
@@ -69,7 +70,7 @@ LONG_FORM_COLUMNS = NODE_COLUMNS + ("method", "value")
 
 
 def patch_tag(method: str) -> str:
-    """The tag of classic (``"exact"``) or attribution patching."""
+    """The tag of classic patching: ``"exact"``, ``"attribution"`` or ``"auto"`` (a mix, per node kind)."""
     return f"patch:{method}"
 
 

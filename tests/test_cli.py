@@ -33,16 +33,23 @@ def test_run_writes_the_report_and_data_files(tmp_path, model_dir, jsonl, capsys
                         "--positions", "-1", "--resid-positions", "-2,-1", *SMALL)
     assert code == 0, err
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["dataset.jsonl", "mediation.csv", "mediation.npz", "patch.csv", "patch.npz", "report.html",
-                     "resample.csv", "resample.npz", "settings.json"]
+    assert names == ["confirm.csv", "confirm.npz", "dataset.jsonl", "mediation.csv", "mediation.npz", "patch.csv",
+                     "patch.npz", "report.html", "resample.csv", "resample.npz", "settings.json"]
     assert not _leftovers(tmp_path)
-    patch = cp.PatchingResult.load(out / "patch.npz")
-    assert patch.raw.shape == (2, 2 + 8 + 4)  # pairs x (MLPs + heads at -1 + resid at -2, -1)
+    patch = cp.PatchingResult.load(out / "patch.npz")  # patch_method auto: heads and MLPs by attribution,
+    assert patch.method == "auto" and patch.raw.shape == (2, 2 + 8 + 4)  # the residual stream exactly
+    assert patch.node_methods == ["exact" if n.kind == "resid" else "attribution" for n in patch.nodes]
     med_csv = pd.read_csv(out / "mediation.csv")
     assert set(med_csv["method"]) == {"eb:adjusted", "eb:unadjusted"}
     assert {"node", "kind", "layer", "value", "ci_low", "ci_high", "ess", "gamma", "status"} <= set(med_csv.columns)
-    assert len(pd.read_csv(out / "resample.csv")) == 4
+    resample = cp.ResampleResult.load(out / "resample.npz")  # every node, topic-stratified, auto
+    assert len(resample.nodes) == 4 and resample.stratified
+    check = cp.Confirmation.load(out / "confirm.npz")
+    assert check.nodes and all(how == "attribution" for how in check.methods)
     settings = json.loads((out / "settings.json").read_text())
+    assert "attribution for heads (8), MLPs (2)" in settings["method: classic patching"]
+    assert "exact for residual stream (4)" in settings["method: classic patching"]
+    assert "own topic" in settings["method: resample AIE"] and "exact confirmation" in " ".join(settings)
     assert settings["n_prompts"] == 60 and settings["kinds"] == ["mlp", "head", "resid"]
     html = (out / "report.html").read_text()
     assert "Per-node effects" in html and "Agreement between methods" in html
@@ -132,6 +139,13 @@ BAD = {
     "too few prompts": (lambda t, m, d: ["--model", str(m), "--dataset", str(d), "--n-prompts", "1"],
                         "--n-prompts must be >= 2"),
     "missing required option": (lambda t, m, d: ["--dataset", str(d)], "the following arguments are required: --model"),
+    "too few prompts for the EB-AIE's dims": (lambda t, m, d: ["--model", str(m), "--dataset", str(d),
+                                                                "--n-prompts", "40", "--dims", "8"],
+                                               "--n-prompts: the EB-AIE (mediate step) cannot run on the 40 prompts"),
+    "resample nodes not a number": (lambda t, m, d: ["--model", str(m), "--dataset", str(d), "--resample-nodes",
+                                                     "some"], "--resample-nodes must be 'all' or an int"),
+    "unknown patch method": (lambda t, m, d: ["--model", str(m), "--dataset", str(d), "--patch-method", "fast"],
+                             "invalid choice: 'fast'"),
     "position beyond the prompts": (lambda t, m, d: ["--model", str(m), "--dataset", str(d), "--resid-positions",
                                                      "-9,-1", "--steps", "mediate"],
                                     "fewer than the 9 tokens"),

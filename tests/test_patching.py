@@ -101,6 +101,41 @@ def test_patching_result_roundtrip_and_dataframe(tmp_path):
     assert len(res.to_dataframe(per_pair=True)) == len(res.nodes) * 3
 
 
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_auto_is_attribution_for_heads_and_mlps_and_exact_for_the_residual_stream(tmp_path, direction):
+    hf, tok = tiny.hf_model("llama"), tiny.tokenizer()
+    nodes = cp.nodes(hf, positions=(-1, 2))  # resid, MLPs and heads, interleaved by layer
+    metric = cp.metrics.logit_diff(A, B)
+    args = dict(direction=direction, tokenizer=tok, progress=False)
+    auto = cp.patch(hf, CLEAN, CORRUPT, nodes, metric, method="auto", **args)
+    exact = cp.patch(hf, CLEAN, CORRUPT, nodes, metric, method="exact", **args)
+    attr = cp.patch(hf, CLEAN, CORRUPT, nodes, metric, method="attribution", **args)
+    resid = np.array([n.kind == "resid" for n in nodes])
+    assert auto.method == "auto" and auto.node_methods == ["exact" if r else "attribution" for r in resid]
+    np.testing.assert_allclose(auto.raw[:, resid], exact.raw[:, resid], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(auto.raw[:, ~resid], attr.raw[:, ~resid], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(auto.clean, exact.clean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(auto.corrupt, exact.corrupt, rtol=1e-5, atol=1e-6)
+    df = auto.to_dataframe()
+    assert set(df["method"]) == {"patch:auto"} and list(df["computed"]) == auto.node_methods
+    back = cp.PatchingResult.load(auto.save(tmp_path / "auto.npz"))
+    assert back.node_methods == auto.node_methods and np.array_equal(back.raw, auto.raw)
+    only_heads = cp.patch(hf, CLEAN, CORRUPT, [n for n in nodes if n.kind == "head"], metric, method="auto", **args)
+    assert only_heads.method == "attribution"  # one kind: named by the method it used
+
+
+def test_patching_result_methods_field_is_checked():
+    hf, tok = tiny.hf_model("gpt2"), tiny.tokenizer()
+    res = cp.patch(hf, CLEAN, CORRUPT, [cp.MLP(0), cp.Resid(1)], cp.metrics.logit_diff(A, B), method="auto",
+                   tokenizer=tok, progress=False)
+    import dataclasses
+
+    with pytest.raises(cp.InputError, match="field 'methods' must name 'exact' or 'attribution' for each of the 2"):
+        dataclasses.replace(res, methods=["exact"])._check()
+    with pytest.raises(cp.InputError, match="field 'methods' is required when method is 'auto'"):
+        dataclasses.replace(res, methods=None)._check()
+
+
 def test_whole_model_sweep_is_one_call():
     model = nnsight.TransformersModel(tiny.hf_model("llama"), tokenizer=tiny.tokenizer())
     res = cp.patch(model, ["w1 w2 w3"], ["w1 w5 w3"], metric=cp.metrics.logit_diff("w1", "w2"), progress=False)
@@ -124,7 +159,7 @@ def test_unknown_direction_and_method():
     hf = tiny.hf_model("gpt2")
     with pytest.raises(cp.InputError, match=r"direction must be one of \('denoise', 'noise'\); received 'denoising'"):
         cp.patch(hf, CLEAN, CORRUPT, [cp.MLP(0)], cp.metrics.logit(A), direction="denoising")
-    with pytest.raises(cp.InputError, match=r"method must be one of \('exact', 'attribution'\)"):
+    with pytest.raises(cp.InputError, match=r"method must be one of \('exact', 'attribution', 'auto'\)"):
         cp.patch(hf, CLEAN, CORRUPT, [cp.MLP(0)], cp.metrics.logit(A), method="fast")
 
 

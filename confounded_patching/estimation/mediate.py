@@ -57,7 +57,7 @@ from .node_coords import rescaled
 from .options import AIEOptions
 from .partners import pair_index
 
-__all__ = ["mediate", "MediationResult", "warn_if_degenerate", "QUERIES", "DEFAULT_QUERY"]
+__all__ = ["mediate", "MediationResult", "check_enough_prompts", "warn_if_degenerate", "QUERIES", "DEFAULT_QUERY"]
 
 #: the query embeddings ``mediate`` can compute itself (or pass an array ``[m, D]``)
 QUERIES = ("sentence", "model")
@@ -205,7 +205,7 @@ def _prompt_texts(prompts, tokenizer, m: int) -> list[str]:
     return [p if isinstance(p, str) else tokenizer.decode(list(p), skip_special_tokens=True) for p in items]
 
 
-def _check_enough_prompts(prompts, nodes, spec, query, confounder, n_topics: int, options: AIEOptions) -> None:
+def check_enough_prompts(prompts, nodes, spec, query, confounder, n_topics: int, options: AIEOptions) -> None:
     """Raise before any forward pass if the prompts are too few for the estimator (:func:`~.aie.check_prompt_count`)
     or for ``n_topics`` k-means topics; arguments it cannot size yet are left to the later checks."""
     if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__"):
@@ -366,7 +366,7 @@ def mediate(
     if embed_layer is None:
         embed_layer = n_layers // 4
     if activations is None:  # every check that the data allows before the capture's forward passes
-        _check_enough_prompts(prompts, nodes, adapter.spec, query, confounder, n_topics,
+        check_enough_prompts(prompts, nodes, adapter.spec, query, confounder, n_topics,
                               AIEOptions(K=K, gamma=gamma, seed=seed, device=device, **aie_kwargs))
         if metric is None and hasattr(prompts, "__len__") and not isinstance(prompts, (str, bytes)):
             _outcome_values(None, outcome, None, len(prompts))  # labels: numbers, one per prompt

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..activations.capturing import check_nodes, check_prompts
-from ..errors import InputError
+from ..errors import InputError, describe
 from ..metrics import Metric, as_metric, logits_request
 from ..models import adapt
 from ..models.tokens import pad_id, token_labels
@@ -33,10 +33,12 @@ from ..nodes import nodes as all_nodes
 from ..results import Result, check_array, check_nodes_field, node_columns, patch_tag
 from ..validation import check_choice, check_int, check_positions
 
-__all__ = ["PatchingResult", "PatchInputs", "prepare", "DIRECTIONS", "METHODS"]
+__all__ = ["PatchingResult", "PatchInputs", "prepare", "DIRECTIONS", "METHODS", "NODE_METHODS"]
 
 DIRECTIONS = ("denoise", "noise")
-METHODS = ("exact", "attribution")
+METHODS = ("exact", "attribution", "auto")
+#: what a node may be computed by (``PatchingResult.methods``)
+NODE_METHODS = ("exact", "attribution")
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,12 @@ class PatchingResult(Result):
         clean: metric of each clean run ``[n_pairs]``.
         corrupt: metric of each corrupted run ``[n_pairs]``.
         direction: ``"denoise"`` or ``"noise"``.
-        method: ``"exact"`` or ``"attribution"``.
+        method: ``"exact"``, ``"attribution"``, or ``"auto"`` (some nodes each way; see ``methods``).
         metric: the metric's name.
         tokens: the first clean prompt's tokens (labels for position axes).
         clean_prompts, corrupt_prompts: the prompts when given as strings.
+        methods: how each node was computed (``"exact"`` or ``"attribution"``); None: every node by
+            ``method``.
     """
 
     nodes: list
@@ -65,6 +69,7 @@ class PatchingResult(Result):
     tokens: list = field(default_factory=list)
     clean_prompts: list | None = None
     corrupt_prompts: list | None = None
+    methods: list | None = None
 
     def _check(self) -> None:
         """Shapes agree: ``raw`` is ``[n_pairs, n_nodes]``, ``clean`` and ``corrupt`` ``[n_pairs]`` (run by ``load``)."""
@@ -75,6 +80,19 @@ class PatchingResult(Result):
         if self.direction not in DIRECTIONS or self.method not in METHODS:
             raise InputError(f"fields direction and method must be in {DIRECTIONS} and {METHODS}; received "
                              f"{self.direction!r} and {self.method!r}")
+        if self.methods is not None and (len(self.methods) != k or not set(self.methods) <= set(NODE_METHODS)):
+            raise InputError(f"field 'methods' must name 'exact' or 'attribution' for each of the {k} nodes; "
+                             f"received {describe(self.methods)}")
+        if self.method == "auto" and self.methods is None:
+            raise InputError("field 'methods' is required when method is 'auto' (how each node was computed)")
+        if self.methods is not None and self.method != "auto" and set(self.methods) != {self.method}:
+            raise InputError(f"field 'methods' must all be {self.method!r} when method is {self.method!r}; "
+                             f"received {sorted(set(self.methods))}")
+
+    @property
+    def node_methods(self) -> list:
+        """How each node was computed: ``"exact"`` or ``"attribution"``."""
+        return list(self.methods) if self.methods is not None else [self.method] * len(self.nodes)
 
     @property
     def target(self) -> np.ndarray:
@@ -112,7 +130,7 @@ class PatchingResult(Result):
         rows = []
         for k, node in enumerate(self.nodes):
             base = {**node_columns(node), "method": patch_tag(self.method), "direction": self.direction,
-                    "metric": self.metric}
+                    "metric": self.metric, "computed": self.node_methods[k]}
             if per_pair:
                 for p in range(self.raw.shape[0]):
                     rows.append({**base, "pair": p, "raw": float(self.raw[p, k]),
@@ -147,7 +165,7 @@ class PatchInputs:
             groups[len(ids)].append(i)
         return groups
 
-    def result(self, raw, clean, corrupt, method: str) -> PatchingResult:
+    def result(self, raw, clean, corrupt, method: str, methods: list | None = None) -> PatchingResult:
         identical = all(a == b for a, b in zip(self.clean_ids, self.corrupt_ids))  # warned about by prepare
         if not identical and float(np.mean(clean - corrupt)) == 0:
             warnings.warn(f"metric {self.metric.name!r} is the same on the clean and the corrupt prompts on average "
@@ -157,7 +175,7 @@ class PatchInputs:
         return PatchingResult(nodes=self.nodes, raw=raw, clean=clean, corrupt=corrupt, direction=self.direction,
                               method=method, metric=self.metric.name,
                               tokens=token_labels(self.adapter.tokenizer, self.clean_ids[0]),
-                              clean_prompts=texts(self.clean), corrupt_prompts=texts(self.corrupt))
+                              clean_prompts=texts(self.clean), corrupt_prompts=texts(self.corrupt), methods=methods)
 
 
 def _check_equal_lengths(clean_ids, corrupt_ids) -> None:
@@ -183,8 +201,9 @@ def prepare(model, clean, corrupt, nodes, metric, *, direction: str, method: str
         nodes = all_nodes(model if tokenizer is None else adapter)
     nodes = check_nodes(adapter, nodes, allow_all_positions=True)
     metric = as_metric(metric, adapter.tokenizer, vocab_size=adapter.spec.vocab_size)
-    if logits_request(metric) == "full" and method == "attribution":
-        raise InputError("method='attribution' needs a last-position metric; full_logits metrics need 'exact'")
+    if logits_request(metric) == "full" and method in ("attribution", "auto"):
+        raise InputError(f"method={method!r} needs a last-position metric (attribution patching); full_logits "
+                         "metrics need 'exact'")
     if batch_size is not None:  # attribution patching runs whole groups of pairs
         check_int("batch_size", batch_size, minimum=1, expected="a positive int")
     clean_ids = check_prompts(adapter, clean, argument="clean")

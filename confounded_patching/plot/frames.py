@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InputError, describe
-from ..results import (EB_ADJUSTED, EB_UNADJUSTED, LONG_FORM_COLUMNS, PATCH_ATTRIBUTION, PATCH_EXACT, RESAMPLE,
-                       RESAMPLE_METHODS, RESAMPLE_STRATIFIED, is_exact_resample, is_score)
+from ..results import (EB_ADJUSTED, EB_UNADJUSTED, LONG_FORM_COLUMNS, PATCH_ATTRIBUTION, PATCH_AUTO, PATCH_EXACT,
+                       RESAMPLE, RESAMPLE_METHODS, RESAMPLE_STRATIFIED, is_exact_resample, is_score)
 
 __all__ = ["METHOD_TITLES", "METHOD_ORDER", "STATUS_COLORS", "FAMILY_TITLES", "KIND_NAMES", "Column", "frame",
            "columns", "split_confirmation", "is_confirmation", "is_resample", "normalization", "fmt", "hover_text",
@@ -30,6 +30,7 @@ _RESAMPLE_TAGS = {f"{base}:{m}": base for m in RESAMPLE_METHODS for base in (RES
 METHOD_TITLES = {
     PATCH_EXACT: "Classic patching",
     PATCH_ATTRIBUTION: "Attribution patching",
+    PATCH_AUTO: "Classic patching",
     RESAMPLE: "Resample AIE",
     RESAMPLE_STRATIFIED: "Resample AIE",
     **{tag: "Resample AIE" for tag in _RESAMPLE_TAGS},
@@ -38,7 +39,7 @@ METHOD_TITLES = {
 }
 #: The order of a result's columns, and of the report's: patching, the interventional AIE, then the EB-AIE
 #: adjusted and unadjusted.
-METHOD_ORDER = [PATCH_EXACT, PATCH_ATTRIBUTION, *_RESAMPLE_TAGS, RESAMPLE_STRATIFIED, RESAMPLE, EB_ADJUSTED,
+METHOD_ORDER = [PATCH_EXACT, PATCH_AUTO, PATCH_ATTRIBUTION, *_RESAMPLE_TAGS, RESAMPLE_STRATIFIED, RESAMPLE, EB_ADJUSTED,
                 EB_UNADJUSTED]
 #: Node kinds as column headers name them.
 KIND_NAMES = {"head": "heads", "mlp": "MLP", "resid": "resid"}
@@ -170,6 +171,13 @@ def _describe(col: Column, result) -> None:
         n_pairs = int(df["n_pairs"].iloc[0]) if "n_pairs" in df.columns and len(df) else None
         col.subtitle = f"clean/corrupt pairs · {direction}" + (f" · {n_pairs} pairs" if n_pairs else "")
         col.how = "normalized score, exact patching" if col.method == PATCH_EXACT else "normalized score, first order"
+        if col.method == PATCH_AUTO and "computed" in df.columns:
+            by = {}
+            for kind, how in zip(df["kind"], df["computed"]):
+                by.setdefault(how, set()).add(kind)
+            col.how = "normalized score, " + " + ".join(
+                f"{'exact' if how == 'exact' else 'first order'} ({_kinds(kinds)})"
+                for how, kinds in sorted(by.items(), key=lambda kv: kv[0] != "exact"))
     elif col.is_resample:
         stratified = col.method.startswith(RESAMPLE_STRATIFIED)
         col.subtitle = "interventional · " + ("topic-stratified" if stratified else "donors from all prompts")
@@ -256,7 +264,7 @@ def columns(results, titles=None, confirmation=None) -> list[Column]:
                           metric=metric)
             if col.is_score:
                 col.normalization = normalization(result, sub)
-                if "direction" in sub.columns and method == PATCH_EXACT:
+                if "direction" in sub.columns and method in (PATCH_EXACT, PATCH_AUTO):
                     col.title = f"{col.title} ({sub['direction'].iloc[0]})"
             _describe(col, result)
             cols.append(col)
