@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "domains): classic patching; the interventional resample AIE of every node, donors from "
                           "the prompt's topic, heads to first order, checked exactly on its top and random nodes; "
                           "the EB-AIE adjusted and unadjusted on every node. Writes DIR/report.html and the "
-                          "results as data files. The defaults take about 3 to 4 minutes on 2 CPU cores."),
+                          "results as data files. The defaults take about 2 minutes on 2 CPU cores."),
         epilog=f"example:\n  {PROG} demo --out demo_out\n  {PROG} demo --out quick --n-pairs 4 --steps patch,mediate",
     )
     _add_common(demo, demo=True)

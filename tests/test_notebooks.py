@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
 
 # notebook -> what it needs beyond the package ("smollm2": the embedded model)
 NEEDS = {
@@ -87,11 +88,33 @@ def test_committed_notebook_is_clean_and_built_from_source(name):
     assert all(not c.outputs and c.execution_count is None for c in code), f"{name} has outputs; clear them"
     assert '"google.colab" in sys.modules' in code[0].source and "%pip install" in code[0].source
     assert any('os.environ.get("CP_NOTEBOOK_SMALL") == "1"' in c.source for c in code[:3])
+    assert sum(bool(re.search(r"^FULL = False\b", c.source, re.M)) for c in code[:3]) == 1, \
+        f"{name}: one switch, FULL = False, for the bigger sizes"
 
     source = NOTEBOOKS / name.replace(".ipynb", ".py")
     built = jupytext.read(source)
     assert [(c.cell_type, c.source) for c in nb.cells] == [(c.cell_type, c.source) for c in built.cells], \
         f"{name} differs from {source.name}: run `jupytext --update --to ipynb notebooks/{source.name}`"
+
+
+def _documented_repo_url() -> str:
+    """The repository URL the README gives for installing elsewhere (``pip install "git+URL"``)."""
+    urls = set(re.findall(r'pip install "git\+(https://[^"\s]+)"', (ROOT / "README.md").read_text()))
+    assert len(urls) == 1, f"the README must give one repository URL to install from; found {sorted(urls)}"
+    return urls.pop()
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_colab_cell_installs_from_the_documented_repository(name):
+    """The first cell installs the package from REPO_URL, the one address the README and docs/notebooks.md give."""
+    nbformat = pytest.importorskip("nbformat")
+    url = _documented_repo_url()
+    assert f'pip install "git+{url}"' in (ROOT / "docs" / "notebooks.md").read_text()
+    first = next(c for c in nbformat.read(NOTEBOOKS / name, as_version=4).cells if c.cell_type == "code").source
+    assert f'REPO_URL = "{url}"' in first, f"{name}: REPO_URL differs from the README's {url}"
+    install = [line.strip() for line in first.splitlines() if line.strip().startswith("%pip install")]
+    assert len(install) == 1 and "git+{REPO_URL}" in install[0], install
+    assert "confounded-patching" in install[0].split("@")[0]
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS))
