@@ -229,6 +229,7 @@ def compare(*results, confirmation=None, titles=None, zmax=None, height_per_row:
     axis_k = 1
     ranges = {}
     marks = {"none": False, "exact": False, "unreliable": False}
+    outlines = []  # the exact cells' outlines (rectangles)
     for r, row in enumerate(rows, start=1):
         grids = [_grid(row, col) for col in cols]
         for units in unit_groups:
@@ -267,10 +268,12 @@ def compare(*results, confirmation=None, titles=None, zmax=None, height_per_row:
                 xref, yref = sp.xaxis.plotly_name.replace("axis", ""), sp.yaxis.plotly_name.replace("axis", "")
                 for i, j in zip(*np.nonzero(masks["exact"])):
                     layer = row.layers[i]
-                    fig.add_shape(type="rect", xref=xref, yref=yref, x0=j - 0.47, x1=j + 0.47, y0=layer - 0.47,
-                                  y1=layer + 0.47, line=dict(color="#111111", width=1.6), fillcolor="rgba(0,0,0,0)",
-                                  layer="above")
+                    outlines.append(dict(type="rect", xref=xref, yref=yref, x0=j - 0.47, x1=j + 0.47,
+                                         y0=layer - 0.47, y1=layer + 0.47, line=dict(color="#111111", width=1.6),
+                                         fillcolor="rgba(0,0,0,0)", layer="above"))
                 marks["exact"] = True
+    # all at once: plotly's add_shape re-validates every earlier shape, quadratic in their number
+    fig.update_layout(shapes=list(fig.layout.shapes) + outlines)
     # colour axes and colourbars, one per (row, units) present in that row
     for (r, units), (k, a, any_value) in ranges.items():
         g = unit_groups.index(units)

@@ -259,8 +259,17 @@ def diagnostics(result):
     for c in (1, 2):
         fig.update_xaxes(title_text="layer (resid left · heads middle · MLP right)", title_font=dict(size=11),
                          row=n_rows, col=c)
-    for lay in layers[1:]:  # faint separators between layers
-        fig.add_vline(x=lay - 0.5, line=dict(color="#e4e4e4", width=1), row="all", col="all")
+    separators = []  # faint lines between layers, in every panel; set at once (add_vline is quadratic)
+    for r in range(1, n_rows + 1):
+        for c in (1, 2):
+            sp = fig.get_subplot(r, c)
+            if sp is None:
+                continue
+            xref, yref = sp.xaxis.plotly_name.replace("axis", ""), sp.yaxis.plotly_name.replace("axis", "")
+            separators += [dict(type="line", xref=xref, yref=f"{yref} domain", x0=lay - 0.5, x1=lay - 0.5, y0=0,
+                                y1=1, line=dict(color="#e4e4e4", width=1), layer="below")
+                           for lay in layers[1:]]
+    fig.update_layout(shapes=list(fig.layout.shapes) + separators)
     counts = {}
     if "reason" in df.columns:
         for method in dict.fromkeys(df["method"]):
