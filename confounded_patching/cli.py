@@ -67,7 +67,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         default = action.default
         if default is not None and default is not False and default != argparse.SUPPRESS and \
-                "%(default)" not in text and action.option_strings:
+                "%(default)" not in text and action.option_strings and action.nargs != 0:  # not for flags
             text += " (default: %(default)s)"
         return text
 
@@ -109,7 +109,8 @@ def _add_common(p: argparse.ArgumentParser, demo: bool) -> None:
                           "cannot support (e.g. patch without clean/corrupt pairs) is skipped with a note")
     est.add_argument("--n-prompts", type=int, default=d["n_prompts"], metavar="N",
                      help="prompts drawn from the dataset for resample and EB-AIE (the EB-AIE needs "
-                          "2 * (2 dims + dims + topics - 1) + 10 or more: 162 at the default dims and 3 topics; "
+                          "2 * (2 dims + dims + topics - 1) + 10 or more: 164 at the default dims and 3 topics, 170 "
+                          "with the 6 topics of professions; "
                           "checked before the model runs)")
     est.add_argument("--n-pairs", type=int, default=d["n_pairs"], metavar="N",
                      help="clean/corrupt pairs for classic patching")
@@ -124,7 +125,8 @@ def _add_common(p: argparse.ArgumentParser, demo: bool) -> None:
     est.add_argument("--resample-pairs", type=int, default=d["resample_pairs"], metavar="N",
                      help="random prompt pairs (i, j) of the resample AIE, the same for every node")
     est.add_argument("--no-stratify", dest="stratify", action="store_false",
-                     help="draw the resample AIE's donors from every prompt, not from the prompt's own topic")
+                     help="draw the resample AIE's donors from every prompt, not from the prompt's own topic "
+                          "(the default when the dataset has topics)")
     est.add_argument("--confirm-top", type=int, default=d["confirm_top"], metavar="N",
                      help="first-order nodes with the largest |AIE| that the confirm step runs exactly")
     est.add_argument("--confirm-random", type=int, default=d["confirm_random"], metavar="N",

@@ -27,6 +27,17 @@ def _leftovers(folder):
 # ----------------------------------------------------------------------------- a real run
 
 
+def test_no_stratify_draws_donors_from_every_prompt(tmp_path, model_dir, jsonl, capsys):
+    for flag, stratified in (("--no-stratify", False), (None, True)):
+        out = tmp_path / str(stratified)
+        argv = ["run", "--model", str(model_dir), "--dataset", str(jsonl), "--out", str(out), "--steps", "resample",
+                "--kinds", "head", *SMALL] + ([flag] if flag else [])
+        code, _, err = _run(capsys, *argv)
+        assert code == 0, err
+        assert json.loads((out / "settings.json").read_text())["stratify"] is stratified
+        assert cp.ResampleResult.load(out / "resample.npz").stratified is stratified
+
+
 def test_run_writes_the_report_and_data_files(tmp_path, model_dir, jsonl, capsys):
     out = tmp_path / "out"
     code, _, err = _run(capsys, "run", "--model", str(model_dir), "--dataset", str(jsonl), "--out", str(out),
