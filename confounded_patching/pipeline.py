@@ -52,6 +52,7 @@ from .interventions.confirm import confirm
 from .interventions.patching import patch
 from .interventions.resample import draw_pairs, resample, strata_codes
 from .models import adapt, smollm2
+from .models.encoder import minilm_zip
 from .nodes import nodes as all_nodes
 from .nodes import sort_key
 from .report import write_report
@@ -279,6 +280,11 @@ def precheck_sizes(data, model, tok, nodes, options: Options) -> None:
             raise UsageError(f"the resample AIE's pairs (donors from each prompt's topic) cannot be drawn from the "
                              f"{m} prompts: {err}. Give more prompts (--n-prompts) or --no-stratify") from None
     if "mediate" in options.steps and _mediate_outcome(data, options) is not None:
+        try:
+            minilm_zip()  # the EB-AIE's query encoder
+        except ModelFileNotFound as err:
+            raise UsageError(f"the mediate step (EB-AIE) embeds the prompts with a sentence encoder: "
+                             f"{' '.join(str(err).split())}; or leave mediate out of --steps") from None
         _, value = _confounder(data, options)
         dims = {} if options.dims is None else {"d_q": options.dims, "d_n": options.dims}
         try:

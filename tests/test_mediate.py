@@ -131,6 +131,24 @@ def test_mediate_asking_for_cuda_without_a_gpu_fails_before_the_capture(setup):
         cp.mediate(model, prompts, nodes, cp.metrics.logit("w3"), device="cuda", progress=False)
 
 
+def test_a_missing_sentence_encoder_is_said_before_the_capture(setup, monkeypatch):
+    from confounded_patching.errors import ModelFileNotFound
+    from confounded_patching.estimation import mediate as mediate_module
+    from confounded_patching.models import encoder
+
+    def missing():
+        raise ModelFileNotFound("the sentence encoder all-MiniLM-L6-v2 is not installed")
+
+    def no_capture(*args, **kwargs):
+        raise AssertionError("the capture ran before the encoder was checked")
+
+    monkeypatch.setattr(encoder, "minilm_zip", missing)
+    monkeypatch.setattr(mediate_module, "collect", no_capture)
+    model, prompts, nodes = setup
+    with pytest.raises(ModelFileNotFound, match="not installed"):
+        cp.mediate(model, prompts, nodes, cp.metrics.logit("w3"), progress=False)
+
+
 def test_degenerate_weights_warn_and_healthy_ones_do_not():
     import warnings
     from types import SimpleNamespace

@@ -6,6 +6,7 @@ import pytest
 
 import confounded_patching as cp
 from confounded_patching import pipeline
+from confounded_patching.errors import ModelFileNotFound
 from runs import jsonl, model_dir  # noqa: F401  (fixtures)
 
 
@@ -43,6 +44,19 @@ def test_too_few_prompts_for_the_eb_dims_fail_before_any_step(tmp_path, model_di
                                quiet=True)
     # 2 * (2 d_q + d_n + k) + 10 with d_q = d_n = 8 and the jsonl's 3 topics (k = 2)
     with pytest.raises(pipeline.UsageError, match=r"cannot run on the 40 prompts .* = 62 prompts"):
+        pipeline.run(options, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_sentence_encoder_fails_before_any_step(tmp_path, model_dir, jsonl, steps_must_not_run,
+                                                          monkeypatch):
+    def missing():
+        raise ModelFileNotFound("the sentence encoder all-MiniLM-L6-v2 is not installed. Install it with:\n    pip ...")
+
+    monkeypatch.setattr(pipeline, "minilm_zip", missing)
+    options = pipeline.Options(command="run", model=str(model_dir), dataset=str(jsonl), quiet=True)
+    with pytest.raises(pipeline.UsageError, match=r"mediate step .* is not installed\. Install it with: pip .*; or "
+                                                  r"leave mediate out of --steps"):
         pipeline.run(options, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

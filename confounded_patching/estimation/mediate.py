@@ -348,6 +348,10 @@ def mediate(
         query = DEFAULT_QUERY
     if isinstance(query, str) and query not in QUERIES:
         raise InputError(f"query must be one of {QUERIES} or an array [prompts, dims]; received {query!r}")
+    if isinstance(query, str) and query == "sentence":
+        from ..models.encoder import minilm_zip
+
+        minilm_zip()  # the sentence encoder must be installed: said before any forward pass, not after the capture
     device = resolve_device(device)
     if model is None and store is not None:
         activations = ActivationStore.open(store)
