@@ -208,6 +208,26 @@ def _headline_rows(cols) -> list:
     return rows
 
 
+def _detectable_note(cols) -> str:
+    """One measured sentence: the EB-AIE's smallest detectable effects against the resample AIE's largest value."""
+    eb = [c for c in cols if c.method.startswith("eb:") and "detectable" in c.df.columns]
+    det = np.concatenate([c.df["detectable"].to_numpy(dtype=float) for c in eb]) if eb else np.array([])
+    det = det[np.isfinite(det)]
+    if not det.size:
+        return ""
+    out = (f" At these nodes no estimator could tell an AIE below {_num(np.median(det))} (median over nodes; "
+           f"{_num(det.min())} to {_num(det.max())}) from 0, a floor set by how little of each node the query "
+           "leaves free")
+    res = [c for c in cols if c.is_resample]
+    if res:
+        v = np.abs(res[0].df["value"].to_numpy(dtype=float))
+        v = v[np.isfinite(v)]
+        if v.size:
+            out += (f"; the largest |resample AIE| here is {_num(v.max())}, an effect detectable at "
+                    f"{int(np.sum(det <= v.max()))} of {det.size} EB-AIE node estimates")
+    return out + "."
+
+
 def _reason_rows(result) -> list:
     df = frame(result)
     if "reason" not in df.columns:
@@ -330,7 +350,7 @@ def write_report(path: str | os.PathLike, results: dict, *, title: str = "confou
         parts.append('<p class="caveat">The resample AIE was computed to first order and not confirmed exactly in '
                      "this run (cp.confirm): its agreement with the exact AIE is unknown.</p>")
     if any(c.method.startswith("eb:") for c in cols):
-        parts.append(f'<p class="caveat"><b>About the EB-AIE.</b> {_esc(EB_CAVEAT)}</p>')
+        parts.append(f'<p class="caveat"><b>About the EB-AIE.</b> {_esc(EB_CAVEAT)}{_esc(_detectable_note(cols))}</p>')
     # 3. the figures
     parts.append('<h2 id="effects">Per-node effects</h2><p>One column per method, one row per node family; hover a '
                  "cell for its value, interval, diagnostics and how it was computed. Each header says what the "

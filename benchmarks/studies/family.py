@@ -12,6 +12,11 @@ continuous covariates), a query ``q``, three nodes and an outcome ``y``:
 - topic-only node ``n_t = P_t t(x) + 0.5 e_t``: depends on the confounder only;
 - null node ``n_0 = M_0 q [+ P_0 t(x)] + noise * s_0 * e_0``: the outcome does
   not depend on it (continuous outcomes: only through an additive term);
+- twin node ``n_w = M_c q [+ P_c t(x)] + noise * s_c * e_w``: the causal node's
+  query part with noise of its own; the outcome does not depend on it. Its
+  data differ from the causal node's only through whether the outcome follows
+  the node's own noise (``e_c``) or not, so it is the node from which the
+  causal node is hardest to tell apart (:func:`information_bound`);
 - ``eta = beta_c q^T C_c n_c + beta_t q^T C_t n_t + b^T q + theta(x)``, with
   ``C`` aligned with the node's loadings so the interaction is visible;
   continuous ``y = eta [+ 0.5 sin(n_0[0])] + eps`` or binary
@@ -20,7 +25,7 @@ continuous covariates), a query ``q``, three nodes and an outcome ``y``:
 The target is the estimator's estimand (``docs/estimator.md``): with ``Q, Q'``
 and ``X`` independent draws from their marginals,
 ``AIE = E[Y(Q, N(Q', X), X)] - E[Y(Q, N(Q, X), X)]``, the other nodes at
-their values under ``Q``. It is 0 for the topic-only and null nodes by
+their values under ``Q``. It is 0 for the topic-only, null and twin nodes by
 construction and computed by Monte Carlo (common random numbers) for the
 causal node. The family varies ``sep`` in [0, 3], ``noise`` in [0.1, 1],
 ``d_q`` in {2, 5, 10, 25}, ``m`` in {500, 1000, 2000, 5000}, label vs
@@ -52,9 +57,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["Design", "Simulated", "family", "simulate", "NAMES"]
+__all__ = ["Design", "Simulated", "family", "simulate", "information_bound", "most_reliable", "NAMES"]
 
-NAMES = ("causal", "topic_only", "null")
+NAMES = ("causal", "topic_only", "null", "twin")
 
 
 @dataclass(frozen=True)
@@ -82,10 +87,10 @@ class Design:
 class Simulated:
     design: Design
     query: np.ndarray  # [m, d_q]
-    nodes: np.ndarray  # [3, m, d_n]
+    nodes: np.ndarray  # [4, m, d_n]: causal, topic-only, null, twin
     outcome: np.ndarray  # [m]
     confounder: np.ndarray  # [m] int labels or [m, k] covariates
-    truth: np.ndarray  # [3]
+    truth: np.ndarray  # [4]
     names: tuple = NAMES
 
 
@@ -177,6 +182,43 @@ class _Model:
         nt = tx @ self.Pt.T + 0.5 * rng.normal(size=(m, self.dn))
         return nc, nt, n0
 
+    def twin(self, rng, q, x):
+        """The twin node: the causal node's query (and confounder) part, noise of its own."""
+        nw = q @ self.Mc.T + self.d.noise * self.sc * rng.normal(size=(len(q), self.dn))
+        return nw + self.t(x) @ self.Pc.T if self.d.touch else nw
+
+    def information(self, node: str = "causal", n_mc=200_000, seed=0) -> float:
+        """Fisher information, per prompt, of the share ``theta`` of an effect of the causal node's size that
+        a node carries through its own variation ``u = n - E[n | q, x]``.
+
+        ``node="causal"``: the submodel ``q^T C_c n_c -> q^T C_c (E[n_c | q, x] + theta u_c)``, ``theta = 1``
+        the design, ``theta = 0`` the effect carried by the query alone (the node's AIE 0); the twin's
+        information is the same, by symmetry. ``node="null"``: the outcome gains ``theta beta_0 q^T C_0 u_0``
+        (``C_0`` aligned with ``M_0`` as ``C_c`` with ``M_c``, ``beta_0`` giving the null node an AIE of the
+        causal truth at ``theta = 1`` in the continuous case), ``theta = 0`` the design. Both are
+        ``E[w score^2]``, ``w = 1`` for continuous outcomes (noise sd 1) and ``p (1 - p)`` for binary ones.
+        """
+        rng = np.random.default_rng([self.d.seed, 13, seed])
+        x = self.draw_x(rng, n_mc)
+        q = self.draw_q(rng, x)
+        state = rng.bit_generator.state
+        nc, nt, n0 = self.nodes(rng, q, x)
+        rng.bit_generator.state = state
+        tx = self.t(x)
+        if node == "causal":
+            u = nc - q @ self.Mc.T - (tx @ self.Pc.T if self.d.touch else 0)
+            score = self.beta_c * np.einsum("md,de,me->m", q, self.Cc, u)
+        else:
+            u = n0 - q @ self.M0.T - (tx @ self.P0.T if self.d.touch else 0)
+            C0 = self.M0.T / np.linalg.norm(self.M0)
+            sig = self._sigma_q()
+            beta0 = self.beta_c * np.trace(self.Cc @ self.Mc @ sig) / np.trace(C0 @ self.M0 @ sig)
+            score = beta0 * np.einsum("md,de,me->m", q, C0, u)
+        if self.d.outcome != "binary":
+            return float(np.mean(score ** 2))
+        p = 1 / (1 + np.exp(-(self.c0 + self.eta(q, x, nc, nt))))
+        return float(np.mean(p * (1 - p) * score ** 2))
+
     def eta(self, q, x, nc, nt):
         return (self.beta_c * np.einsum("md,de,me->m", q, self.Cc, nc)
                 + self.beta_t * np.einsum("md,de,me->m", q, self.Ct, nt) + q @ self.b + self.theta_x(x))
@@ -241,13 +283,90 @@ def simulate(design: Design) -> Simulated:
         y = (rng.random(design.m) < mu).astype(float)
     else:
         y = mu + rng.normal(size=design.m)
-    truth = np.array([model.causal_truth(), 0.0, 0.0])
-    return Simulated(design, q, np.stack([nc, nt, n0]), y, x, truth)
+    nw = model.twin(np.random.default_rng([design.seed, 5]), q, x)  # its own stream: the rest is unchanged
+    truth = np.array([model.causal_truth(), 0.0, 0.0, 0.0])
+    return Simulated(design, q, np.stack([nc, nt, n0, nw]), y, x, truth)
+
+
+def information_bound(design: Design) -> dict:
+    """How precisely any estimator can know the causal (and the twin) node's AIE on the design.
+
+    In the submodel of :meth:`_Model.information` the causal node's AIE is ``theta T`` (``T`` the truth;
+    linear in ``theta`` for continuous outcomes, the secant for binary ones), so by the Cramer-Rao bound
+    (locally uniformly over ``theta``: the Hajek-Le Cam local asymptotic minimax theorem) an estimate's
+    standard error is at least ``|T| / sqrt(I)`` with ``I = m information``. It is the best case: the
+    submodel knows everything but ``theta``. Within 25% of the truth with probability 0.9 needs
+    ``I >= (1.645 / 0.25)^2 = 43``; the twin (truth 0, the same information) below 15% of ``|T|`` needs
+    ``I >= 120``. ``p_causal`` and ``p_twin`` are those probabilities for a normal, unbiased estimate at the
+    bound; ``p_null`` the null node's, from its own information (:meth:`_Model.information`, ``"null"``).
+    """
+    from math import erf, sqrt
+
+    model = _Model(design)
+    info, info0 = design.m * model.information("causal"), design.m * model.information("null")
+    p = lambda c, i: erf(c * sqrt(i) / sqrt(2))  # noqa: E731  P(|Z| <= c sqrt(I)), Z standard normal
+    return {"information": float(info), "information_null": float(info0),
+            "se_floor": float(1 / np.sqrt(info)) if info > 0 else float("inf"),
+            "se_floor_null": float(1 / np.sqrt(info0)) if info0 > 0 else float("inf"),
+            "p_causal": p(0.25, info), "p_twin": p(0.15, info), "p_null": p(0.15, info0)}
+
+
+def most_reliable(ps, target: float = 0.9) -> int:
+    """The most nodes a procedure can call reliable with at least ``target`` of them right, given each node's
+    best-case probability of being right ``ps``: the largest ``k`` with the mean of the ``k`` largest ``>= target``."""
+    ps = np.sort(np.asarray(ps, dtype=float))[::-1]
+    ok = np.cumsum(ps) / np.arange(1, len(ps) + 1) >= target
+    return int(np.max(np.nonzero(ok)[0]) + 1) if ok.any() else 0
 
 
 # ----------------------------------------------------------------------------- the benchmark
 
-ESTIMATORS = ("default", "reference", "unadjusted")
+ESTIMATORS = ("default", "reference", "unadjusted", "moment")
+
+
+def moment_aie(query, node, outcome, confounder, n_boot: int = 100, seed: int = 0) -> dict:
+    """An independent check of :func:`information_bound`: the AIE identified by the node's own variation only.
+
+    With ``u = n - E[n | q, x]`` (least squares on ``[1, q, x]``, ``M`` the ``q`` block) Gaussian given
+    ``(q, x)``, Stein's lemma gives ``E[y u] = Sigma_u E[d y / d n]``, so to first order
+    ``AIE = E[(dy/dn)^T M (q' - q)] = -E[y~ u^T Sigma_u^-1 M (q - mean q)]``, with ``y~`` the residual of
+    ``y`` on ``[1, q, q outer q, x, q outer x]``: any effect of the query alone, quadratic included, is
+    taken out before the node's variation is used. Exact for outcomes bilinear in ``(q, n)``, a first-order
+    approximation otherwise (the binary designs). Interval: percentile bootstrap over prompts; ``reliable``
+    when the standard error is at most 15% of ``|value|``. Not part of the library.
+    """
+    from confounded_patching.estimation.confounders import confounder_features
+
+    def std(a):
+        a = np.asarray(a, dtype=float)
+        a = a - a.mean(0)
+        sd = a.std(0)
+        return a / np.where(sd > 0, sd, 1.0)
+
+    q, n, y = std(query), std(node), np.asarray(outcome, dtype=float)
+    xs, _ = confounder_features(confounder, len(y))
+    x = np.zeros((len(y), 0)) if xs is None else np.asarray(xs, dtype=float)
+    iu = np.triu_indices(q.shape[1])
+    qq = (q[:, :, None] * q[:, None, :])[:, iu[0], iu[1]]
+    qx = (q[:, :, None] * x[:, None, :]).reshape(len(y), -1)
+    ones = np.ones((len(y), 1))
+    D, A = np.hstack([ones, q, x]), np.hstack([ones, q, qq, x, qx])
+
+    def one(idx):
+        Di, Ai, ni, qi, yi = D[idx], A[idx], n[idx], q[idx], y[idx]
+        B = np.linalg.lstsq(Di, ni, rcond=None)[0]
+        u = ni - Di @ B
+        yt = yi - Ai @ np.linalg.lstsq(Ai, yi, rcond=None)[0]
+        g = np.linalg.solve(u.T @ u / len(idx), u.T).T
+        return float(-np.mean(yt * np.einsum("md,ed,me->m", g, B[1:1 + q.shape[1]], qi - qi.mean(0))))
+
+    m = len(y)
+    if m <= 2 * A.shape[1]:
+        return {"value": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "se": float("nan")}
+    rng = np.random.default_rng([seed, 5])
+    boot = np.array([one(rng.integers(0, m, m)) for _ in range(n_boot)])
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return {"value": one(np.arange(m)), "ci_low": float(lo), "ci_high": float(hi), "se": float(boot.std())}
 
 
 def _run(sim: Simulated, name: str, seed: int, gamma_ref: float) -> dict:
@@ -258,6 +377,12 @@ def _run(sim: Simulated, name: str, seed: int, gamma_ref: float) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        if name == "moment":
+            rows = [moment_aie(sim.query, n, sim.outcome, sim.confounder, seed=seed) for n in sim.nodes]
+            out = {k: [r[k] for r in rows] for k in ("value", "ci_low", "ci_high", "se")}
+            out["reliable"] = [bool(np.isfinite(r["se"]) and r["se"] <= 0.15 * abs(r["value"])) for r in rows]
+            out["reason"] = ["" if ok else "standard error above 15% of the value" for ok in out["reliable"]]
+            return out
         if name == "reference":
             r = reference_aie(sim.query, sim.nodes, sim.outcome, sim.confounder, gamma=gamma_ref, seed=seed)
             return {k: (list(map(float, v)) if isinstance(v, np.ndarray) and v.dtype != bool else
@@ -269,14 +394,23 @@ def _run(sim: Simulated, name: str, seed: int, gamma_ref: float) -> dict:
 
 
 def evaluate(records: list, held_out: bool, estimator: str) -> dict:
-    """The issue's measures over one part of the family, all nodes and nodes flagged reliable."""
+    """The issue's measures over one part of the family, all nodes and nodes flagged reliable.
+
+    Coverage and the share flagged are over the issue's three node kinds (causal, topic-only, null); the
+    twin node (:data:`NAMES`) is reported on its own (``twin_*``)."""
     out = {}
     rows = [(r["truth"], r["results"][estimator]) for r in records if r["design"]["held_out"] == held_out]
     for subset in ("all", "reliable"):
-        causal, topic, null, cover, flagged = [], [], [], [], []
+        causal, topic, null, twin, cover, flagged, twin_flagged = [], [], [], [], [], [], []
         for truth, res in rows:
-            for b, kind in enumerate(NAMES):
+            for b, kind in enumerate(NAMES[:len(res["value"])]):
                 rel = bool(res["reliable"][b])
+                if kind == "twin":
+                    twin_flagged.append(not rel)
+                    v = res["value"][b]
+                    if (rel or subset == "all") and np.isfinite(v):
+                        twin.append(abs(v) / abs(truth[0]))
+                    continue
                 flagged.append(not rel)
                 if subset == "reliable" and not rel:
                     continue
@@ -290,8 +424,11 @@ def evaluate(records: list, held_out: bool, estimator: str) -> dict:
                 else:
                     null.append(abs(v) / abs(truth[0]))
                 cover.append(bool(np.isfinite(lo) and lo <= truth[b] <= hi))
-        causal, topic, null = np.array(causal), np.array(topic), np.array(null)
+        causal, topic, null, twin = np.array(causal), np.array(topic), np.array(null), np.array(twin)
         out[subset] = {
+            "n_twin": len(twin), "twin_median": float(np.median(twin)) if len(twin) else float("nan"),
+            "twin_below_15": float(np.mean(twin <= 0.15)) if len(twin) else float("nan"),
+            "twin_unreliable": float(np.mean(twin_flagged)) if twin_flagged else float("nan"),
             "n_causal": len(causal), "causal_bias": float(np.mean(causal)) if len(causal) else float("nan"),
             "causal_within_25": float(np.mean(np.abs(causal) <= 0.25)) if len(causal) else float("nan"),
             "n_topic": len(topic), "topic_median": float(np.median(topic)) if len(topic) else float("nan"),
@@ -328,7 +465,8 @@ def query_corr_summary(records: list) -> str:
     """Range of the nodes' canonical correlation with the query (default estimator's diagnostics), per kind."""
     lines = []
     for b, kind in enumerate(NAMES):
-        qc = np.array([r["results"]["default"]["query_corr"][b] for r in records], dtype=float)
+        qc = np.array([r["results"]["default"]["query_corr"][b] for r in records
+                       if len(r["results"]["default"]["query_corr"]) > b], dtype=float)
         qc = qc[np.isfinite(qc)]
         lines.append(f"- {kind}: canonical correlation with the query {qc.min():.2f} to {qc.max():.2f} "
                      f"(median {np.median(qc):.2f}); above the flag's 0.7 in {np.mean(qc > 0.7):.0%} of designs")
@@ -348,7 +486,7 @@ def threshold_sweep(records: list, thresholds=(0.7, 0.8, 0.9, 0.95, 0.99, 1.0)) 
                     if r["design"]["held_out"] != held:
                         continue
                     res, dflt, truth = r["results"][est], r["results"]["default"], abs(r["truth"][0])
-                    for b in range(len(NAMES)):
+                    for b in range(3):  # the issue's node kinds
                         other = [s for s in dflt["reason"][b].split("; ") if s and not s.startswith("node nearly")]
                         ok = not other and dflt["query_corr"][b] <= t and np.isfinite(res["value"][b])
                         flagged.append(not ok)
@@ -362,16 +500,46 @@ def threshold_sweep(records: list, thresholds=(0.7, 0.8, 0.9, 0.95, 0.99, 1.0)) 
     return "\n".join(lines)
 
 
+def bound_summary(records: list) -> str:
+    """Per part: the information bound (:func:`information_bound`) against the targets, and the moment
+    estimator's standard error against the floor it cannot beat."""
+    lines = ["| part | designs | information I: median (range) | best-case se / abs(truth): median | "
+             "causal nodes that can be reliable (of all) | null nodes that can be | twins that can be | "
+             "share of the issue's nodes flagged, at least | moment estimator's se / floor: median (10th-90th %) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for held in (False, True):
+        rs = [r for r in records if r["design"]["held_out"] == held]
+        if not rs:
+            continue
+        b = [r["bound"] for r in rs]
+        info = np.array([x["information"] for x in b])
+        k_c, k_0, k_w = (most_reliable([x[k] for x in b]) for k in ("p_causal", "p_null", "p_twin"))
+        n = len(rs)
+        ratio = []
+        for r in rs:
+            mo = r["results"].get("moment")
+            if mo and np.isfinite(mo["se"][0]) and np.isfinite(r["bound"]["se_floor"]):
+                ratio.append(mo["se"][0] / (r["bound"]["se_floor"] * abs(r["truth"][0])))
+        ratio = np.array(ratio)
+        rq = (f"{np.median(ratio):.2f} ({np.quantile(ratio, 0.1):.2f}-{np.quantile(ratio, 0.9):.2f}), n={len(ratio)}"
+              if len(ratio) else "–")
+        lines.append(f"| {'held-out' if held else 'tuning'} | {n} | {np.median(info):.1f} ({info.min():.1f}-{info.max():.1f}) | "
+                     f"{np.median([x['se_floor'] for x in b]):.2f} | {k_c} of {n} | {k_0} of {n} | {k_w} of {n} | "
+                     f"{(2 * n - k_c - k_0) / (3 * n):.0%} | {rq} |")
+    return "\n".join(lines)
+
+
 def report(records: list) -> str:
     lines = []
     for held in (False, True):
         part = "held-out part" if held else "tuning part"
         n = sum(r["design"]["held_out"] == held for r in records)
-        lines += [f"\n### {part} ({n} designs, {3 * n} nodes)\n",
+        lines += [f"\n### {part} ({n} designs, {3 * n} nodes of the issue's three kinds, and {n} twins)\n",
                   "| estimator | nodes | causal: mean (est - truth) / abs(truth) | causal within 25% | "
                   "topic-only: median abs(est) / abs(causal truth) | topic-only below 15% | "
                   "null: median abs(est) / abs(causal truth) | null below 15% | 95% interval covers | "
-                  "share flagged unreliable |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "share flagged unreliable | twin: median abs(est) / abs(causal truth) | twin below 15% | "
+                  "twins flagged |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for est in ESTIMATORS:
             ev = evaluate(records, held, est)
             for subset in ("all", "reliable"):
@@ -379,8 +547,11 @@ def report(records: list) -> str:
                 lines.append(f"| {est} | {subset} | {e['causal_bias']:+.2f} (n={e['n_causal']}) | {e['causal_within_25']:.0%} | "
                              f"{e['topic_median']:.2f} (n={e['n_topic']}) | {e['topic_below_15']:.0%} | "
                              f"{e['null_median']:.2f} (n={e['n_null']}) | {e['null_below_15']:.0%} | {e['coverage']:.0%} | "
-                             f"{e['unreliable']:.0%} |".replace("nan%", "–").replace("+nan", "–").replace("nan", "–"))
+                             f"{e['unreliable']:.0%} | {e['twin_median']:.2f} (n={e['n_twin']}) | {e['twin_below_15']:.0%} | "
+                             f"{ev['all']['twin_unreliable']:.0%} |"
+                             .replace("nan%", "–").replace("+nan", "–").replace("nan", "–"))
     lines += ["\n### targets (held-out part)\n"] + [t for est in ESTIMATORS for t in targets(records, est)]
+    lines += ["\n### what any estimator can do\n", bound_summary(records)]
     lines += ["\n### why nodes are flagged\n", query_corr_summary(records),
               "\n### a looser query-correlation threshold\n", threshold_sweep(records)]
     return "\n".join(lines)
@@ -417,7 +588,7 @@ def main() -> None:
                 continue
             t0 = time.perf_counter()
             sim = simulate(d)
-            rec = {"design": d.to_dict(), "truth": sim.truth.tolist(),
+            rec = {"design": d.to_dict(), "truth": sim.truth.tolist(), "bound": information_bound(d),
                    "results": {e: _run(sim, e, 1, args.gamma_ref) for e in ESTIMATORS}}
             with open(args.out, "a") as fh:
                 fh.write(json.dumps(rec) + "\n")

@@ -71,6 +71,7 @@ from ..validation import as_matrix
 from . import engine
 from .aie_table import AIEResult, AIETable, warn_unreliable
 from .confounders import confounder_features
+from .detectable import detectable_effect, outcome_noise
 from .gamma_rule import GammaRule
 from .node_coords import coords, node_source
 from .options import AIEOptions
@@ -238,7 +239,8 @@ def aie_tables(query, nodes, outcome, confounders: list, options: AIEOptions, *,
     settings = [engine.setting(c, x, q, q64, J, rows, opts, stacklevel + 1) for c, x in zip(confounders, xs)]
     results = engine.run(settings, source, q, q64, y, J, counts, opts, progress)
     query_constant = bool(q64.abs().amax() == 0)
-    tables = [_table(st, res, m, J, opts, query_constant, y_scale) for st, res in zip(settings, results)]
+    tables = [_table(st, res, m, J, opts, query_constant, y_scale, outcome_noise(y, q64, st.x))
+              for st, res in zip(settings, results)]
     for table in tables:
         warn_unreliable(table, stacklevel=stacklevel + 1)
     return tables
@@ -306,11 +308,12 @@ def check_prompt_count(m: int, d_q: int, d_z: int) -> None:
 
 
 def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions, query_constant: bool = False,
-           y_scale: float = 1.0) -> AIETable:
+           y_scale: float = 1.0, sigma: float = float("nan")) -> AIETable:
     """Assemble the per-node results (in input order) into an :class:`AIETable`, with the identifiability
-    guards and the reliable flag (:mod:`~.reliability`)."""
+    guards, the smallest detectable effect (:mod:`~.detectable`; ``sigma``: the outcome's residual sd, on the
+    scale of ``outcome / y_scale``) and the reliable flag (:mod:`~.reliability`)."""
     keys = ("value", "boot", "winsorized", "gamma", "ess", "imbalance", "pair_ess", "gamma_max", "gamma_noise",
-            "query_corr", "constant")
+            "query_corr", "information", "constant")
     cat = {k: torch.stack([r[k] for r in res]).numpy() for k in keys}
     status = [r["status"] for r in res]
     why = unidentified(query_constant, cat["constant"], cat["query_corr"])
@@ -329,11 +332,12 @@ def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions, query_con
         lo = hi = se = np.full(len(value), np.nan)
     nan_rows = np.isnan(value)
     lo, hi, se = (np.where(nan_rows, np.nan, a) for a in (lo, hi, se))
+    detectable = detectable_effect(cat["information"], sigma, m).numpy()
     if y_scale != 1.0:  # estimated on outcome / y_scale (a power of 2): scale back
-        value, boot, lo, hi, se = (a * y_scale for a in (value, boot, lo, hi, se))
+        value, boot, lo, hi, se, detectable = (a * y_scale for a in (value, boot, lo, hi, se, detectable))
     gx, ess_x, imb_x, status_x = st.diag_x
     reliable, reason = assess(status, cat["query_corr"], cat["pair_ess"], ess_x, m, st.adjusted, opts.reliability,
-                              prior=why, status_x=status_x)
+                              prior=why, status_x=status_x, detectable=detectable)
     reliable &= np.isfinite(value)
     reason = [r or ("no estimate" if not ok else "") for r, ok in zip(reason, reliable)]
     return AIETable(
@@ -345,4 +349,5 @@ def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions, query_con
         features="squares" if opts.squares else "paper", adjusted=st.adjusted, winsorize=float(opts.winsorize or 0.0),
         calibrated=bool(opts.calibrate), augmented=bool(opts.augment),
         gamma_rule=opts.gamma_rule.to_dict() if "auto" in (opts.gamma, opts.gamma_x) else {},
-        query_corr=cat["query_corr"], reliable=reliable, reason=reason, reliability=opts.reliability.to_dict())
+        query_corr=cat["query_corr"], detectable=detectable, reliable=reliable, reason=reason,
+        reliability=opts.reliability.to_dict())

@@ -60,6 +60,11 @@ class AIEResult(Result):
         query_corr: largest canonical correlation between the node's and the
             query's coordinates (given the confounder when adjusted): near 1,
             the node is nearly determined by the query (no overlap).
+        detectable: the smallest AIE that any estimator could tell from 0 at
+            this node (two-sided 5%, power 80%; in units of the outcome): a
+            Cramer-Rao floor from the node's variation that the query and
+            confounder leave free (:mod:`~.detectable`). A value of that size
+            or smaller says nothing about the node.
         reliable: whether the value can be trusted by the rule of
             :mod:`~.reliability` (``False`` for every ``nan`` value).
         reason: why not (``""`` when reliable).
@@ -92,6 +97,7 @@ class AIEResult(Result):
     calibrated: bool = False
     augmented: bool = False
     query_corr: float = float("nan")
+    detectable: float = float("nan")
     reliable: bool = True
     reason: str = ""
     kind: str = "aie"
@@ -112,7 +118,7 @@ class AIETable(Result):
     Per-node fields (numpy arrays, ``status`` a list) are those of
     :class:`AIEResult`: ``value``, ``ci_low``, ``ci_high``, ``se``,
     ``gamma``, ``gamma_max``, ``gamma_noise``, ``ess``, ``pair_ess``,
-    ``imbalance``, ``status``, ``winsorized``, ``query_corr``, ``reliable``
+    ``imbalance``, ``status``, ``winsorized``, ``query_corr``, ``detectable``, ``reliable``
     (bool array) and ``reason`` (list of str). ``boot`` holds the bootstrap
     replicates ``[n_nodes, n_boot]``, computed from the same resampled
     prompts for every node, so contrasts between nodes can be bootstrapped
@@ -151,6 +157,7 @@ class AIETable(Result):
     query_corr: np.ndarray | None = None
     reliable: np.ndarray | None = None
     reason: list | None = None
+    detectable: np.ndarray | None = None
     reliability: dict = field(default_factory=dict)
     kind: str = "aie_table"
 
@@ -164,6 +171,7 @@ class AIETable(Result):
             check_array(name, getattr(self, name), (k,))
         check_array("boot", self.boot, (k, None))
         check_array("query_corr", self.query_corr, (k,), optional=True)
+        check_array("detectable", self.detectable, (k,), optional=True)
         check_array("reliable", self.reliable, (k,), optional=True)
         for name in ("status", "reason"):
             value = getattr(self, name)
@@ -178,6 +186,8 @@ class AIETable(Result):
         extra = {}
         if self.query_corr is not None:
             extra["query_corr"] = float(self.query_corr[i])
+        if self.detectable is not None:
+            extra["detectable"] = float(self.detectable[i])
         if self.reliable is not None:
             extra["reliable"] = bool(self.reliable[i])
         if self.reason is not None:
@@ -194,6 +204,7 @@ class AIETable(Result):
         df.insert(len(df.columns), "status", self.status)
         k = len(self)
         df["query_corr"] = self.query_corr if self.query_corr is not None else np.full(k, np.nan)
+        df["detectable"] = self.detectable if self.detectable is not None else np.full(k, np.nan)
         df["reliable"] = (np.asarray(self.reliable, dtype=bool) if self.reliable is not None
                           else np.isfinite(np.asarray(self.value, dtype=float)))
         df["reason"] = self.reason if self.reason is not None else [""] * k

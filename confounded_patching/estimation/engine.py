@@ -24,7 +24,8 @@ import torch
 from ..progress import progress_counter
 from .confounders import is_labels
 from .gamma_rule import product_gamma, select_gamma, select_gamma_x
-from .linalg import BLOCK_FLOATS, block_rows, canonical_correlation
+from .detectable import information
+from .linalg import BLOCK_FLOATS, block_rows, canonical_correlations
 from .options import AIEOptions
 from .outcome_model import fit_outcomes, partner_means
 from .partners import Partners, additive_features, stats_hajek, stats_ht
@@ -174,11 +175,12 @@ def _statistics(st: Setting, model, info, bad, n64, q, q64, y, counts, opts: AIE
         row_mean, share = st.est_pairs.ht_row_means(model, y, opts.variant, opts.winsorize)
         value, boot = stats_ht(row_mean, counts)
     value[bad] = float("nan")
-    corr = canonical_correlation(q64, n64, None if x is None else x)
+    rho = canonical_correlations(q64, n64, None if x is None else x)
+    corr = rho[:, 0] if rho.shape[1] else torch.zeros(B, dtype=torch.float64)
     constant = n64.abs().flatten(1).amax(1) == 0
     out = {"value": value, "boot": boot, "winsorized": share, "gamma": model.gamma, "ess": model.ess,
            "imbalance": model.imbalance, "pair_ess": pess, "query_corr": torch.where(constant, 0.0, corr),
-           "constant": constant, **info}
+           "information": torch.where(constant, 0.0, information(rho)), "constant": constant, **info}
     out = {k: v.detach().to(torch.float64).cpu() for k, v in out.items()}
     out["status"] = list(model.status)
     return out

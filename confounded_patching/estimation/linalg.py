@@ -31,7 +31,8 @@ from ..errors import InputError, describe
 from ..validation import as_float_tensor, check_int
 
 __all__ = ["pca", "randomized_svd", "standardize", "standardize_columns", "pca_scores", "fix_signs",
-           "uses_exact_svd", "N_ITER", "cholesky_escalating", "BLOCK_FLOATS", "block_rows", "canonical_correlation"]
+           "uses_exact_svd", "N_ITER", "cholesky_escalating", "BLOCK_FLOATS", "block_rows", "canonical_correlation",
+           "canonical_correlations"]
 
 N_ITER = 4  # power iterations of the randomized range finder
 
@@ -230,6 +231,17 @@ def canonical_correlation(a: torch.Tensor, b: torch.Tensor, given: torch.Tensor 
     ``E[w^2] = prod_k (1 - rho_k^2) / sqrt(1 - 4 rho_k^2)``): the number measures how far a node's value
     is from being determined by the query, i.e. overlap.
     """
+    rho = canonical_correlations(a, b, given, tol=tol)
+    return rho[:, 0] if rho.shape[1] else torch.zeros(rho.shape[0], dtype=torch.float64)
+
+
+def canonical_correlations(a: torch.Tensor, b: torch.Tensor, given: torch.Tensor | None = None, *,
+                           tol: float = 1e-8) -> torch.Tensor:
+    """Every canonical correlation between ``a`` [m, p] and each ``b`` [B, m, r] (given ``given``), largest first.
+
+    Returns ``[B, min(rank a, rank b)]`` float64 in ``[0, 1]`` (no columns when either side is constant);
+    :func:`canonical_correlation` is its first column.
+    """
     a = a.double()
     b = b.double() if b.ndim == 3 else b.double().unsqueeze(0)
     if given is not None:
@@ -239,4 +251,6 @@ def canonical_correlation(a: torch.Tensor, b: torch.Tensor, given: torch.Tensor 
     Ua = _basis(a, tol)
     Ub = _basis(b, tol)
     M = Ua.transpose(-1, -2).unsqueeze(0) @ Ub  # [B, p, r]
-    return torch.linalg.matrix_norm(M, ord=2).clamp(0.0, 1.0)
+    if M.shape[-1] == 0 or M.shape[-2] == 0:
+        return torch.zeros(M.shape[0], 0, dtype=torch.float64)
+    return torch.linalg.svdvals(M).clamp(0.0, 1.0)

@@ -329,6 +329,8 @@ def hover_text(row, title: str) -> str:
         extra.append(f"{int(row['n_pairs'])} pairs")
     if extra:
         lines.append(" · ".join(extra))
+    if get("detectable") is not None:
+        lines.append(f"smallest AIE any estimator could tell from 0 here: {fmt(row['detectable'])}")
     if get("reason"):
         lines.append(f"not reliable: {row['reason']}")
     return "<br>".join(lines)
