@@ -52,7 +52,7 @@ def test_the_floor_matches_the_spread_of_an_estimator_that_attains_it():
     assert floor == pytest.approx(np.sqrt(np.trace(M.T @ M) / s ** 2 / m), rel=0.1)
 
 
-def test_tables_carry_the_floor_and_it_scales_with_the_outcome():
+def test_tables_carry_the_floor_and_it_scales_with_the_outcome(tmp_path):
     rng = np.random.default_rng(4)
     q, n, y, *_ = _design(rng, 800)
     free = rng.normal(size=(800, 3))  # independent of the query: a small floor
@@ -63,6 +63,7 @@ def test_tables_carry_the_floor_and_it_scales_with_the_outcome():
     assert canonical_correlation(torch.as_tensor(q), torch.as_tensor(n))[0].item() == pytest.approx(rho[0, 0].item())
     assert t[0].detectable == t.detectable[0]
     assert "detectable" in t.to_dataframe().columns
+    np.testing.assert_array_equal(type(t).load(t.save(tmp_path / "t.npz")).detectable, t.detectable)
     t5 = cp.aie_many(q, [n, free], 5.0 * y, n_boot=20)
     np.testing.assert_allclose(t5.detectable, 5.0 * t.detectable, rtol=1e-6)
 
@@ -87,3 +88,12 @@ def test_reliability_rule_refuses_bad_thresholds(bad):
         ReliabilityRule(max_detectable=bad)
     with pytest.raises(InputError, match="max_query_corr"):
         ReliabilityRule(max_query_corr=bad)
+
+
+def test_no_floor_without_variation_and_an_enormous_one_for_a_copy_of_the_query():
+    rng = np.random.default_rng(6)
+    q, y = rng.normal(size=(600, 3)), rng.normal(size=600)
+    with pytest.warns(UserWarning, match="not identified"):
+        t = cp.aie_many(q, [np.zeros((600, 2)), q @ np.ones((3, 2)), rng.normal(size=(600, 2))], y, n_boot=10)
+    assert np.isnan(t.detectable[0])  # a constant node: nothing to swap
+    assert t.detectable[1] > 1e3 * t.detectable[2]  # a linear function of the query: nothing the query leaves free

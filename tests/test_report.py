@@ -2,6 +2,8 @@
 
 import re
 
+import numpy as np
+
 import pytest
 
 import confounded_patching as cp
@@ -92,3 +94,21 @@ def test_report_of_classic_patching_alone_skips_the_aie_figures(tmp_path, classi
     assert 'id="effects"' in text and 'id="headline"' in text
     assert 'id="localization"' not in text and "Weight diagnostics" not in text
     assert "About the EB-AIE" not in text
+
+
+def test_the_eb_caveat_gives_the_smallest_detectable_effect_against_the_resample_aie(tmp_path, resampled, nodes):
+    from figures import FakeMediation
+
+    med = FakeMediation(nodes)
+    med.df["detectable"] = [0.5 + 0.001 * i for i in range(len(med.df))]
+    text = write_report(tmp_path / "r.html", {"resample": resampled, "mediation": med}).read_text()
+    caveat = text[text.index("About the EB-AIE"):]
+    caveat = caveat[:caveat.index("</p>")]
+    det = med.df["detectable"].to_numpy()
+    assert f"no estimator could tell an AIE below {float(np.median(det)):.4g}" in caveat
+    top = float(np.nanmax(np.abs(resampled.to_dataframe()["value"].to_numpy(dtype=float))))
+    assert f"the largest |resample AIE| here is {top:.4g}" in caveat
+    assert f"detectable at {int(np.sum(det <= top))} of {len(det)} EB-AIE node estimates" in caveat
+    # without the column (older results), the caveat is the plain text
+    plain = write_report(tmp_path / "p.html", {"resample": resampled, "mediation": FakeMediation(nodes)}).read_text()
+    assert "no estimator could tell" not in plain

@@ -333,6 +333,7 @@ def _table(st: engine.Setting, res: list, m: int, J, opts: AIEOptions, query_con
     nan_rows = np.isnan(value)
     lo, hi, se = (np.where(nan_rows, np.nan, a) for a in (lo, hi, se))
     detectable = detectable_effect(cat["information"], sigma, m).numpy()
+    detectable[cat["constant"].astype(bool) | query_constant] = np.nan  # nothing to swap or to reweight: no floor
     if y_scale != 1.0:  # estimated on outcome / y_scale (a power of 2): scale back
         value, boot, lo, hi, se, detectable = (a * y_scale for a in (value, boot, lo, hi, se, detectable))
     gx, ess_x, imb_x, status_x = st.diag_x

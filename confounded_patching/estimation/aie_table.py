@@ -221,6 +221,8 @@ def mark_unidentified(table: AIETable, mask, reasons) -> AIETable:
     if not mask.any():
         return table
     nan_fields = {k: np.where(mask, np.nan, getattr(table, k)) for k in ("value", "ci_low", "ci_high", "se")}
+    if table.detectable is not None:
+        nan_fields["detectable"] = np.where(mask, np.nan, table.detectable)
     boot = np.where(mask[:, None], np.nan, table.boot)
     status = [UNIDENTIFIED if bad else s for bad, s in zip(mask, table.status)]
     reliable = np.asarray(table.reliable, dtype=bool) & ~mask
