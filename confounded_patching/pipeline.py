@@ -435,6 +435,11 @@ def _mediate_step(results, options, *, model, tok, data, nodes, metric, own_metr
                                          n_boot=options.n_boot, **dims)
     reliable = getattr(med.adjusted, "reliable", None)
     share = "" if reliable is None else f"; {int(np.sum(reliable))} of {len(reliable)} adjusted values reliable"
+    det = getattr(med.adjusted, "detectable", None)
+    det = np.asarray([] if det is None else det, dtype=float)
+    if np.isfinite(det).any():
+        share += f"; smallest AIE any estimator could tell from 0: median {np.nanmedian(det):.3g} over nodes"
+        log(f"EB-AIE: {share[2:]}")
     methods["EB-AIE"] = (f"entropy-balancing weights (observational), confounder {confounder}, {len(data)} "
                          f"prompts{share}")
 

@@ -136,11 +136,14 @@ eb.pivot_table(index="layer", columns="method", values="value").head()
 # prompts whose MLP output is unusual *given* their query (overlap); when a node is nearly a function of
 # the query (largest canonical correlation `query_corr` near 1), when the topic model's effective sample
 # size is a small share of the prompts, or when the weights are not a converged balance, the value rests on
-# the weight model's extrapolation and is flagged.
+# the weight model's extrapolation and is flagged. `detectable` says how much: the smallest AIE that *any*
+# estimator could tell from 0 at that node, a floor set by how little of the node the query leaves free
+# (docs/estimator.md, section 9). A value below it says nothing about the node.
 
 # %%
 print(eb.groupby("method")["reliable"].mean().rename("share reliable").to_string())
-print(eb[["node", "method", "value", "query_corr", "status", "reliable", "reason"]].head(6).to_string())
+print(eb.groupby("method")["detectable"].median().rename("median smallest detectable AIE").to_string())
+print(eb[["node", "method", "value", "detectable", "query_corr", "status", "reliable", "reason"]].head(6).to_string())
 
 # %% [markdown]
 # ## The interventional AIE of the same nodes
