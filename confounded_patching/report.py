@@ -215,15 +215,15 @@ def _detectable_note(cols) -> str:
     det = det[np.isfinite(det)]
     if not det.size:
         return ""
-    out = (f" At these nodes no estimator could tell an AIE below {_num(np.median(det))} (median over nodes; "
-           f"{_num(det.min())} to {_num(det.max())}) from 0, a floor set by how little of each node the query "
+    out = (f" At these nodes no estimator could tell an AIE below {np.median(det):.3g} (median over nodes; "
+           f"{det.min():.3g} to {det.max():.3g}) from 0, a floor set by how little of each node the query "
            "leaves free")
     res = [c for c in cols if c.is_resample]
     if res:
         v = np.abs(res[0].df["value"].to_numpy(dtype=float))
         v = v[np.isfinite(v)]
         if v.size:
-            out += (f"; the largest |resample AIE| here is {_num(v.max())}, an effect detectable at "
+            out += (f"; the largest |resample AIE| here is {v.max():.3g}, an effect detectable at "
                     f"{int(np.sum(det <= v.max()))} of {det.size} EB-AIE node estimates")
     return out + "."
 

@@ -97,3 +97,11 @@ def test_no_floor_without_variation_and_an_enormous_one_for_a_copy_of_the_query(
         t = cp.aie_many(q, [np.zeros((600, 2)), q @ np.ones((3, 2)), rng.normal(size=(600, 2))], y, n_boot=10)
     assert np.isnan(t.detectable[0])  # a constant node: nothing to swap
     assert t.detectable[1] > 1e3 * t.detectable[2]  # a linear function of the query: nothing the query leaves free
+
+
+def test_the_hover_text_gives_the_floor():
+    from confounded_patching.plot.frames import hover_text
+
+    row = {"node": "MLP3@-1", "value": 0.01, "detectable": 0.42, "reason": "node nearly determined by the query"}
+    assert "smallest AIE any estimator could tell from 0 here: 0.420" in hover_text(row, "EB-AIE adjusted")
+    assert "could tell" not in hover_text({"node": "MLP3@-1", "value": 0.01}, "EB-AIE adjusted")

@@ -105,9 +105,9 @@ def test_the_eb_caveat_gives_the_smallest_detectable_effect_against_the_resample
     caveat = text[text.index("About the EB-AIE"):]
     caveat = caveat[:caveat.index("</p>")]
     det = med.df["detectable"].to_numpy()
-    assert f"no estimator could tell an AIE below {float(np.median(det)):.4g}" in caveat
+    assert f"no estimator could tell an AIE below {float(np.median(det)):.3g}" in caveat
     top = float(np.nanmax(np.abs(resampled.to_dataframe()["value"].to_numpy(dtype=float))))
-    assert f"the largest |resample AIE| here is {top:.4g}" in caveat
+    assert f"the largest |resample AIE| here is {top:.3g}" in caveat
     assert f"detectable at {int(np.sum(det <= top))} of {len(det)} EB-AIE node estimates" in caveat
     # without the column (older results), the caveat is the plain text
     plain = write_report(tmp_path / "p.html", {"resample": resampled, "mediation": FakeMediation(nodes)}).read_text()
