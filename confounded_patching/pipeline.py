@@ -48,6 +48,7 @@ from . import datasets, metrics
 from .errors import InputError, ModelFileNotFound, Terminated, sigterm_as_interrupt
 from .estimation.mediate import check_enough_prompts, mediate
 from .estimation.options import AIEOptions
+from .estimation.reliability import ReliabilityRule
 from .interventions.confirm import confirm
 from .interventions.patching import patch
 from .interventions.resample import draw_pairs, resample, strata_codes
@@ -421,6 +422,16 @@ def _confirm_step(results, options, *, model, tok, data, nodes, metric, own_metr
     methods["exact confirmation"] = f"exact resample on the resample AIE's pairs; {check.summary()}"
 
 
+def _interventional_scale(results, outcome, metric):
+    """The largest |resample AIE| when the EB-AIE's outcome is the resample AIE's metric (else None)."""
+    res = results.get("resample")
+    if res is None or metric is None or not callable(outcome):  # labels: another outcome, other units
+        return None
+    v = np.abs(np.asarray(res.value, dtype=float))
+    v = v[np.isfinite(v)]
+    return float(v.max()) if v.size and v.max() > 0 else None
+
+
 def _mediate_step(results, options, *, model, tok, data, nodes, metric, own_metric, log, skip, progress, methods):
     outcome = _mediate_outcome(data, options)
     if outcome is None:
@@ -428,11 +439,16 @@ def _mediate_step(results, options, *, model, tok, data, nodes, metric, own_metr
         return
     confounder, conf = _confounder(data, options)
     log(f"EB-AIE (observational; confounder: {confounder}) on {len(nodes)} nodes, {len(data)} prompts")
-    dims = {} if options.dims is None else {"d_q": options.dims, "d_n": options.dims}
+    extra = {} if options.dims is None else {"d_q": options.dims, "d_n": options.dims}
+    scale = _interventional_scale(results, outcome, metric)
+    if scale is not None:  # the EB-AIE is of the resample AIE's metric: flag nodes that could not see its effects
+        extra["reliability"] = ReliabilityRule(max_detectable=scale)
+        log(f"EB-AIE: nodes at which no estimator could tell an AIE of {scale:.3g} (the largest |resample AIE|) "
+            "from 0 are flagged unreliable")
     results["mediation"] = med = mediate(model, list(data.prompts), nodes, outcome, confounder=conf,
                                          n_topics=options.n_topics, K=options.K, seed=options.seed,
                                          batch_size=options.batch_size, tokenizer=tok, progress=progress,
-                                         n_boot=options.n_boot, **dims)
+                                         n_boot=options.n_boot, **extra)
     reliable = getattr(med.adjusted, "reliable", None)
     share = "" if reliable is None else f"; {int(np.sum(reliable))} of {len(reliable)} adjusted values reliable"
     det = getattr(med.adjusted, "detectable", None)
@@ -440,6 +456,8 @@ def _mediate_step(results, options, *, model, tok, data, nodes, metric, own_metr
     if np.isfinite(det).any():
         share += f"; smallest AIE any estimator could tell from 0: median {np.nanmedian(det):.3g} over nodes"
         log(f"EB-AIE: {share[2:]}")
+    if scale is not None:
+        share += f"; flagged where it exceeds the largest |resample AIE|, {scale:.3g}"
     methods["EB-AIE"] = (f"entropy-balancing weights (observational), confounder {confounder}, {len(data)} "
                          f"prompts{share}")
 

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -62,6 +63,13 @@ def test_run_writes_the_report_and_data_files(tmp_path, model_dir, jsonl, capsys
     assert "exact for residual stream (4)" in settings["method: classic patching"]
     assert "own topic" in settings["method: resample AIE"] and "exact confirmation" in " ".join(settings)
     assert settings["n_prompts"] == 60 and settings["kinds"] == ["mlp", "head", "resid"]
+    # the EB-AIE is of the resample AIE's metric: nodes whose floor exceeds the largest |resample AIE| are flagged
+    med = cp.MediationResult.load(out / "mediation.npz")
+    scale = float(np.nanmax(np.abs(resample.value)))
+    assert med.adjusted.reliability["max_detectable"] == pytest.approx(scale)
+    above = med.adjusted.detectable > scale
+    assert all(("no estimator could tell" in r) == bool(a) for r, a in zip(med.adjusted.reason, above))
+    assert f"{scale:.3g}" in settings["method: EB-AIE"] and "largest |resample AIE|" in settings["method: EB-AIE"]
     html = (out / "report.html").read_text()
     assert "Per-node effects" in html and "Agreement between methods" in html
 
