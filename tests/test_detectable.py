@@ -77,6 +77,10 @@ def test_max_detectable_flags_nodes_that_cannot_see_an_effect_of_that_size():
     rule = ReliabilityRule(max_query_corr=1.0, max_detectable=cut)
     t = cp.aie_many(q, [n, free], y, n_boot=20, reliability=rule)
     assert not t.reliable[0] and "no estimator could tell" in t.reason[0]
+    # the figures sit in the parenthesis, so the report's table of reasons counts every such node in one row
+    two = cp.aie_many(q, [n, 0.5 * n + 0.5 * free], y, n_boot=20, reliability=ReliabilityRule(max_query_corr=1.0,
+                                                                                                max_detectable=0.0))
+    assert len({r.split(" (")[0] for r in two.reason}) == 1 and two.detectable[0] != two.detectable[1]
     assert t.reliable[1], t.reason[1]
     assert "no estimator could tell" not in cp.aie_many(q, [n, free], y, n_boot=20,
                                                        reliability=ReliabilityRule(max_query_corr=1.0)).reason[0]

@@ -136,7 +136,7 @@ def assess(status, query_corr, pair_ess, ess_x: float, n: int, adjusted: bool,
         if rule.max_detectable is not None and detectable is not None:
             det = float(detectable[i])
             if not det <= rule.max_detectable:  # nan counts as too large
-                reasons[i].append(f"no estimator could tell an AIE below {det:.3g} from 0 here "
-                                  f"(max_detectable {rule.max_detectable:g})")
+                reasons[i].append(f"no estimator could tell an effect of the size that matters from 0 here "
+                                  f"(smallest detectable AIE {det:.3g} > max_detectable {rule.max_detectable:.3g})")
     reliable = np.array([not r for r in reasons], dtype=bool)
     return reliable, ["; ".join(r) for r in reasons]
